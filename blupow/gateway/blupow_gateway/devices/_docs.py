@@ -1,0 +1,161 @@
+"""Render docs/devices.md from the drivers' tables: ``python -m blupow_gateway.devices._docs OUT [--check]``.
+
+The state JSON keys are public API (users' templates use them), so the
+reference is generated from the same tables that decode them and a test keeps
+the committed file in sync.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import drivers
+from .base import BaseDevice, Field
+
+HEADER = """# Device reference
+
+Generated from the driver tables by `scripts/gen-device-docs`; do not edit by hand.
+
+Every key below appears in the device's state JSON on `blupow/<MAC>/state` when the device
+reports it (a value that could not be read is left out, never sent as 0) and becomes a Home
+Assistant entity through MQTT discovery. Units are the physical units after scaling. Lists are
+JSON arrays (one entity per item in Home Assistant). Keys are stable: templates may rely on them.
+
+Columns: **HA** is the Home Assistant `device_class` / `state_class`; **register** is the Modbus
+holding register (decimal and hex) and its encoding; *derived* values are computed from other keys.
+
+"""
+
+DECISIONS = """
+## Decisions where sources disagree
+
+The register tables come from Renogy's own documents (Rover Modbus DOCX, Charge Controller
+RS485 Modbus Protocol V1.7, Lithium Iron Battery BMS Modbus Protocol V1.7, the DCC register
+sheet) and, for inverters, from the open-source readers that captured them. Where they disagree:
+
+- **Energy counters are Wh.** The DOCX text says "kWh/10000", but the V1.7 PDF, the DCC sheet
+  ("accumulated generated power wh"), solarthing's `KWH_DIVIDER = 1000` and captured values
+  (34 Ah today at 12.9 V against 432 "units") all point to watt-hours. Daily counters are
+  published in Wh, lifetime totals converted exactly to kWh (3 decimals); both are
+  `energy` / `total_increasing`, ready for the Energy dashboard. Daily counters reset at midnight,
+  which `total_increasing` treats as a meter reset.
+- **Controller temperatures are sign-magnitude bytes** (bit 7 = below zero), as the DOCX, CC V1.7
+  and solarthing say. Two's complement gives the "-1 °C shown as -127 °C" bug users reported,
+  unsigned parsing the "129 °C" one. Battery (BMS) temperatures and current are two's complement
+  16-bit values, as the BMS document says ("have symbol").
+- **Controller fault bits B17/B18** follow Table 1 of the DOCX (B17 over-voltage, B18
+  under-voltage warning); its §3.15 example swaps them, solarthing follows Table 1.
+- **Legacy battery cell voltages are 0.1 V** (BMS doc, two captured frames); one library's mV
+  reading rests on a synthetic test value only.
+- **Battery current scale** is 0.01 A for legacy and RNGPRO batteries (vendor doc and captures)
+  and 0.1 A for Pro (RNGRBP/RNGC) batteries (two independent libraries); it is a variant of
+  `renogy_battery`.
+- **Inverter load current (4408)** is read ×0.1 A, as two of three readings do (renogy-bt and
+  renogy-ble's RIV4835 path); it keeps load current × output voltage close to the apparent power.
+- **Controller model** is 16 characters (0x000C×8; DOCX, solarthing), trailing spaces and NULs
+  stripped; one library reads 14.
+- **Dynamic block length**: 34 words at 0x0100 (what every working reader sends). The 35th word
+  (0x0122) is reserved on controllers; DC-DC chargers read it in their 0x0120 status block.
+- **DCC status**: the charging state is the low byte of 0x0120 (DCC sheet); renogy-bt's parse of
+  byte 2 always yields "current limiting" and is not followed.
+"""
+
+
+def _ha(f: Field) -> str:
+    parts = [p for p in (f.device_class, f.state_class) if p]
+    if f.component != "sensor":
+        parts.insert(0, f.component)
+    return " / ".join(parts) or "–"
+
+
+def _register(f: Field) -> str:
+    if f.register is None:
+        return "*derived*"
+    span = f"{f.register} (0x{f.register:04X})"
+    if f.words > 1 and f.enc.value not in ("array_u16", "array_s16"):
+        span = f"{f.register}–{f.register + f.words - 1} (0x{f.register:04X})"
+    enc = f.enc.value
+    if f.mask is not None:
+        enc += f", bits {f.shift}–{f.shift + f.mask.bit_length() - 1}"
+    if f.scale != 1:
+        enc += f", ×{f.scale:g}"
+    return f"{span} {enc}"
+
+
+def _meaning(f: Field) -> str:
+    text = f.description or f.display_name
+    if f.options:
+        text += " Values: " + ", ".join(f"`{v}`" for v in dict.fromkeys(f.options.values())) + "."
+    if f.flags:
+        names = [f"`{v}`" for _, v in sorted(f.flags.items())]
+        if len(names) > 12:  # per-cell alarm maps: show the pattern, not 32 names
+            names = [*names[:4], "…", *names[-2:]]
+        text += " Names: " + ", ".join(names) + "."
+    if f.variants:
+        text += f" (variant{'s' if len(f.variants) > 1 else ''} {', '.join(f.variants)})"
+    if f.category:
+        text += f" *{f.category.value}*"
+    if not f.enabled_default:
+        text += " *disabled by default*"
+    return text.replace("|", "\\|")
+
+
+def render_driver(cls: type[BaseDevice]) -> str:
+    lines = [f"## `{cls.type_name}`", "", cls.description + ".", ""]
+    if cls.requires_config:
+        lines += [
+            "Fields, read plan and Modbus id come from the device's `config` block; see",
+            "[custom-device-guide.md](custom-device-guide.md).",
+            "",
+        ]
+        return "\n".join(lines)
+    lines.append(f"- Default Modbus id: {cls.default_modbus_id} (0x{cls.default_modbus_id:02X})")
+    for v in cls.variants:
+        lines.append(f"- Variant `{v.name}`: Modbus id {v.modbus_id} (0x{v.modbus_id:02X}); {v.description}")
+    lines.append(
+        f"- Recognised in a scan by: {', '.join(f'`{p}`' for p in cls.all_name_patterns())}"
+        + (f"; manufacturer id {', '.join(f'0x{m:04X}' for m in cls.manufacturer_ids)}" if cls.manufacturer_ids else "")
+    )
+    plan = ", ".join(
+        f"{b.start}×{b.count}"
+        + (" (static" + (", optional)" if b.optional else ")") if b.static else (" (optional)" if b.optional else ""))
+        for b in cls.blocks
+    )
+    lines.append(f"- Read plan (start×words): {plan}")
+    for c in cls.controls:
+        lines.append(
+            f"- Control `{c.key}` ({c.component}): register {c.register} (0x{c.register:04X}) "
+            f"← {c.payload_on}/{c.payload_off}, state from `{c.state_field}`. {c.description}"
+        )
+    lines += ["", "| key | unit | HA | register | meaning |", "|---|---|---|---|---|"]
+    seen: set[str] = set()
+    for f in cls.fields:
+        row = f"| `{f.key}` | {f.unit or '–'} | {_ha(f)} | {_register(f)} | {_meaning(f)} |"
+        if f.key in seen:
+            row = row.replace(f"| `{f.key}` |", "| ″ |", 1)
+        seen.add(f.key)
+        lines.append(row)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render() -> str:
+    body = "\n".join(render_driver(cls) for cls in drivers().values())
+    return HEADER + body + DECISIONS
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0])
+    text = render()
+    if "--check" in argv:
+        if not out.exists() or out.read_text("utf-8") != text:
+            print(f"{out} is out of date: run scripts/gen-device-docs", file=sys.stderr)
+            return 1
+        return 0
+    out.write_text(text, "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,382 @@
+"""BLE transport: Modbus RTU requests over GATT with bleak (BlueZ over D-Bus).
+
+One :class:`BleLink` talks to one BLE module (which may front several Modbus
+slaves on an RS-485 bus). It
+
+* finds the module by address and connects through ``bleak-retry-connector``,
+* resolves the request characteristic (``ffd1`` inside service ``ffd0``) and
+  the reply characteristic (``fff1`` inside ``fff0``) by service, UUID *and*
+  property, and then uses those characteristic objects (i.e. their handles):
+  built-in BLE batteries expose duplicate UUIDs and every module has the
+  ``f000ffd1…`` vendor decoy,
+* sends one request at a time, reassembles the reply from notifications with
+  :class:`~blupow_gateway.modbus.ResponseAssembler` and enforces a per-request
+  timeout and pacing between requests,
+* after a timeout it drops the connection: a Modbus reply names no register, so a
+  late reply could otherwise be taken for the answer to the next request,
+* does the inverter's one-off ``ffd4`` read after connecting,
+* either stays connected between polls or is disconnected by the caller.
+
+All failures are raised as :class:`TransportError` subclasses whose message is
+fit for a user (it ends up in ``last_error`` and the logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+from bleak_retry_connector import BleakNotFoundError, establish_connection
+
+from . import modbus
+from .devices import BaseDevice, recognise
+
+_LOGGER = logging.getLogger(__name__)
+
+ONE_CENTRAL_HINT = (
+    "the module accepts only one central: close the Renogy app and disconnect any hub "
+    "(Renogy ONE, another gateway) using it"
+)
+WRITE_RETRIES = 3  # org.bluez.Error.InProgress is transient
+
+
+class TransportError(Exception):
+    """A BLE or Modbus-over-BLE failure, with a message meant for users."""
+
+
+class DeviceNotFound(TransportError):
+    pass
+
+
+class ConnectFailed(TransportError):
+    pass
+
+
+class ReplyTimeout(TransportError, TimeoutError):
+    pass
+
+
+class LinkLost(TransportError):
+    pass
+
+
+class BadReply(TransportError):
+    pass
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    adapter: str | None = "hci0"
+    connect_timeout: float = 20.0
+    request_timeout: float = 3.0
+    keep_connected: bool = True
+    find_timeout: float | None = None  # default: connect_timeout
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    connect_seconds: float = 0.0
+    requests: int = 0
+    timeouts: int = 0
+    bad_frames: int = 0
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    address: str
+    name: str | None
+    rssi: int | None
+    manufacturer_ids: tuple[int, ...] = ()
+    types: tuple[str, ...] = field(default_factory=tuple)
+
+
+def normalise_address(address: str) -> str:
+    return address.strip().upper().replace("-", ":")
+
+
+def _bluez_args(adapter: str | None) -> dict[str, str]:
+    return {"adapter": adapter} if adapter else {}
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if "in progress" in lowered or "inprogress" in lowered:
+        return f"{text} (BlueZ is busy: another scan or connection on this adapter)"
+    if "abort" in lowered or "le-connection" in lowered or "not connected" in lowered:
+        return f"{text} ({ONE_CENTRAL_HINT}, or move the adapter closer)"
+    return text
+
+
+def find_characteristic(
+    services: Iterable[object], service_uuid: str, char_uuid: str, properties: Iterable[str]
+) -> BleakGATTCharacteristic | None:
+    """The characteristic ``char_uuid`` inside ``service_uuid`` with one of ``properties``.
+
+    Matching on the full UUID of both the service and the characteristic keeps
+    the ``f000ffd1-0451-…`` decoy and duplicate ``fff1`` characteristics of
+    built-in BLE batteries out.
+    """
+    wanted = set(properties)
+    for service in services:
+        if str(getattr(service, "uuid", "")).lower() != service_uuid:
+            continue
+        for char in getattr(service, "characteristics", []):
+            if char.uuid.lower() == char_uuid and wanted & set(char.properties):
+                return char
+    return None
+
+
+class BleLink:
+    """A Modbus link to one BLE module. Implements ``devices.base.ModbusLink``."""
+
+    def __init__(self, address: str, device: BaseDevice, options: LinkOptions | None = None) -> None:
+        self.address = normalise_address(address)
+        self.device = device
+        self.options = options or LinkOptions()
+        self.stats = LinkStats()
+        self.rssi: int | None = None
+        self.name: str | None = None
+        self._client: BleakClient | None = None
+        self._write_char: BleakGATTCharacteristic | None = None
+        self._notify_char: BleakGATTCharacteristic | None = None
+        self._assembler: modbus.ResponseAssembler | None = None
+        self._reply: asyncio.Future[bytes] | None = None
+        self._lock = asyncio.Lock()
+        self._last_request = 0.0
+        self._lost = False
+
+    # --- connection ---
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected and not self._lost
+
+    async def _find(self) -> BLEDevice:
+        timeout = self.options.find_timeout or self.options.connect_timeout
+        found: dict[str, tuple[BLEDevice, AdvertisementData]] = {}
+        event = asyncio.Event()
+
+        def on_advert(device: BLEDevice, adv: AdvertisementData) -> None:
+            if device.address.upper() == self.address:
+                found["hit"] = (device, adv)
+                event.set()
+
+        scanner = BleakScanner(on_advert, bluez=_bluez_args(self.options.adapter))  # type: ignore[arg-type]
+        try:
+            await scanner.start()
+        except BleakError as exc:
+            raise ConnectFailed(
+                f"could not scan on {self.options.adapter or 'the default adapter'}: {describe_error(exc)}"
+            ) from exc
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            raise DeviceNotFound(
+                f"{self.address} not found within {timeout:g} s: it is out of range, powered off, or "
+                f"connected to another central ({ONE_CENTRAL_HINT})"
+            ) from None
+        finally:
+            with contextlib.suppress(BleakError, OSError):
+                await scanner.stop()
+        ble_device, adv = found["hit"]
+        self.rssi = adv.rssi
+        self.name = adv.local_name or ble_device.name
+        return ble_device
+
+    async def connect(self) -> None:
+        if self.connected:
+            return
+        await self._close_client()
+        started = time.monotonic()
+        ble_device = await self._find()
+        try:
+            client = await asyncio.wait_for(
+                establish_connection(
+                    BleakClient,
+                    ble_device,
+                    self.name or self.address,
+                    disconnected_callback=self._on_disconnect,
+                    max_attempts=3,
+                    timeout=self.options.connect_timeout,
+                    bluez=_bluez_args(self.options.adapter),
+                ),
+                self.options.connect_timeout * 3 + 5,  # establish_connection retries; never hang
+            )
+        except (BleakError, BleakNotFoundError, TimeoutError, EOFError, OSError) as exc:
+            raise ConnectFailed(f"could not connect to {self.address}: {describe_error(exc)}") from exc
+        self._client = client
+        self._lost = False
+        try:
+            await self._prepare(client)
+        except BaseException:
+            await self._close_client()
+            raise
+        self.stats.connects += 1
+        self.stats.connect_seconds = time.monotonic() - started
+        _LOGGER.debug("connected to %s in %.2f s", self.address, self.stats.connect_seconds)
+
+    async def _prepare(self, client: BleakClient) -> None:
+        gatt = self.device.gatt
+        services = list(client.services)
+        self._write_char = find_characteristic(
+            services, gatt.write_service, gatt.write_char, ("write-without-response", "write")
+        )
+        self._notify_char = find_characteristic(services, gatt.notify_service, gatt.notify_char, ("notify", "indicate"))
+        if self._write_char is None or self._notify_char is None:
+            missing = gatt.write_char if self._write_char is None else gatt.notify_char
+            raise ConnectFailed(
+                f"{self.address} has no characteristic {missing} in the expected service: "
+                "is this a Renogy BT module or built-in BLE device?"
+            )
+        try:
+            await client.start_notify(self._notify_char, self._on_notify)
+        except (BleakError, EOFError, OSError) as exc:
+            raise ConnectFailed(f"could not subscribe to notifications: {describe_error(exc)}") from exc
+        if self.device.init_read_uuid:
+            await self._init_read(client)
+
+    async def _init_read(self, client: BleakClient) -> None:
+        # Built-in BLE inverters answer Modbus only after this read and a pause
+        # (renogy-ble); errors are expected on modules without ffd4 and ignored.
+        await asyncio.sleep(self.device.init_delay)
+        char = find_characteristic(
+            client.services, self.device.gatt.write_service, self.device.init_read_uuid or "", ("read",)
+        )
+        if char is None:
+            return
+        with contextlib.suppress(BleakError, EOFError, OSError, TimeoutError):
+            await asyncio.wait_for(client.read_gatt_char(char), self.options.request_timeout)
+
+    def _on_disconnect(self, _client: BleakClient) -> None:
+        self._lost = True
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(LinkLost(f"{self.address} disconnected during a request"))
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        self._write_char = self._notify_char = None
+        if client is None:
+            return
+        with contextlib.suppress(BleakError, EOFError, OSError, TimeoutError, AttributeError):
+            await asyncio.wait_for(client.disconnect(), 10)
+
+    async def disconnect(self) -> None:
+        async with self._lock:
+            await self._close_client()
+
+    # --- requests ---
+
+    def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        if self._assembler is None or self._reply is None or self._reply.done():
+            return  # a late or unsolicited notification: nothing is waiting for it
+        frame = self._assembler.feed(bytes(data))
+        if frame is not None:
+            self._reply.set_result(frame)
+
+    async def _pace(self) -> None:
+        wait = self.device.request_pacing - (time.monotonic() - self._last_request)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _write(self, frame: bytes) -> None:
+        assert self._client is not None and self._write_char is not None
+        response = "write-without-response" not in self._write_char.properties
+        for attempt in range(WRITE_RETRIES):
+            try:
+                await self._client.write_gatt_char(self._write_char, frame, response=response)
+                return
+            except BleakError as exc:
+                if "inprogress" in str(exc).lower().replace(" ", "") and attempt < WRITE_RETRIES - 1:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                raise LinkLost(f"write to {self.address} failed: {describe_error(exc)}") from exc
+            except (EOFError, OSError) as exc:
+                raise LinkLost(f"write to {self.address} failed: {describe_error(exc)}") from exc
+
+    async def request(self, request: modbus.Request) -> list[int] | int:
+        """Send ``request`` and return the parsed reply (see ``modbus.parse_response``)."""
+        async with self._lock:
+            if not self.connected:
+                await self.connect()
+            await self._pace()
+            loop = asyncio.get_running_loop()
+            self._assembler = modbus.ResponseAssembler(request)
+            self._reply = loop.create_future()
+            self.stats.requests += 1
+            try:
+                await self._write(request.frame)
+                frame = await asyncio.wait_for(self._reply, self.options.request_timeout)
+            except TimeoutError:
+                self.stats.timeouts += 1
+                # The reply may still arrive and would be mistaken for the next
+                # one: drop the link so the next request starts clean.
+                await self._close_client()
+                raise ReplyTimeout(
+                    f"no reply from Modbus id {request.slave_id} within {self.options.request_timeout:g} s "
+                    f"(wrong Modbus id, or the register block is not supported by this model)"
+                ) from None
+            except LinkLost:
+                await self._close_client()
+                raise
+            finally:
+                self._last_request = time.monotonic()
+                self._assembler = None
+                self._reply = None
+            try:
+                return modbus.parse_response(frame, request)
+            except modbus.FrameError as exc:  # the assembler only passes valid frames; defensive
+                self.stats.bad_frames += 1
+                raise BadReply(str(exc)) from exc
+
+    async def read_registers(self, slave_id: int, start: int, count: int) -> list[int]:
+        words = await self.request(modbus.Request.read(slave_id, start, count))
+        assert isinstance(words, list)
+        return words
+
+    async def write_register(self, slave_id: int, register: int, value: int) -> None:
+        await self.request(modbus.Request.write_single(slave_id, register, value))
+
+    async def __aenter__(self) -> BleLink:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+
+async def scan(seconds: float = 5.0, adapter: str | None = "hci0") -> list[ScanResult]:
+    """Listen for advertisements for ``seconds``; one result per address, strongest RSSI kept."""
+    seen: dict[str, ScanResult] = {}
+
+    def on_advert(device: BLEDevice, adv: AdvertisementData) -> None:
+        name = adv.local_name or device.name
+        ids = tuple(sorted(adv.manufacturer_data))
+        previous = seen.get(device.address)
+        if previous is not None and (previous.rssi or -999) > adv.rssi and previous.name:
+            return
+        seen[device.address] = ScanResult(
+            address=device.address.upper(),
+            name=name.strip() if name else (previous.name if previous else None),
+            rssi=adv.rssi,
+            manufacturer_ids=ids,
+            types=tuple(recognise(name, list(ids))),
+        )
+
+    scanner = BleakScanner(on_advert, bluez=_bluez_args(adapter))  # type: ignore[arg-type]
+    try:
+        async with scanner:
+            await asyncio.sleep(seconds)
+    except BleakError as exc:
+        raise TransportError(f"scan failed on {adapter or 'the default adapter'}: {describe_error(exc)}") from exc
+    return sorted(seen.values(), key=lambda r: (-(r.rssi or -999), r.address))
