@@ -383,7 +383,8 @@ class BaseDevice:
         self.modbus_id = self.default_id_for(self.variant) if modbus_id is None else modbus_id
         self.config = dict(config or {})
         self._static: dict[int, int] = {}
-        self._polls_since_static = 0
+        self._polls_since_static: int | None = None  # None: static blocks not read yet
+        self._unanswered: set[int] = set()  # optional blocks that failed since the last refresh
 
     # --- table access (instance methods so generic_modbus can build its own) ---
 
@@ -443,29 +444,37 @@ class BaseDevice:
 
         Static blocks are read on the first poll and every
         ``STATIC_REFRESH_POLLS`` polls; between refreshes their cached registers
-        are reused. A Modbus exception on an optional block skips it; on a
-        required block it propagates and the poll fails.
+        are reused. An optional block that answers with a Modbus exception or
+        not at all (the RIV4835 never answers its model block) is skipped and not
+        asked again until the next static refresh, so a model gap costs one
+        timeout per refresh instead of one per poll. A failure on a required
+        block propagates and the poll fails.
         """
-        include_static = not self._static or self._polls_since_static >= STATIC_REFRESH_POLLS
-        regs: dict[int, int] = {} if include_static else dict(self._static)
+        refresh = self._polls_since_static is None or self._polls_since_static >= STATIC_REFRESH_POLLS
+        if refresh:
+            self._unanswered = set()
+        regs: dict[int, int] = {} if refresh else dict(self._static)
         reading = Reading(values={}, registers=regs)
         static_regs: dict[int, int] = {}
-        for block in self.plan(include_static=include_static):
+        for block in self.plan(include_static=refresh):
+            if block.start in self._unanswered:
+                continue
             # ``when`` conditions see the values decoded so far (e.g. the model)
             if block.when is not None and not block.when(self.decode(regs)):
                 continue
             try:
                 words = await link.read_registers(self.modbus_id, block.start, block.count)
-            except ModbusException as exc:
+            except (ModbusException, TimeoutError) as exc:
                 if not block.optional:
                     raise
-                reading.skipped.append(f"{block.name or hex(block.start)}: {exc}")
+                self._unanswered.add(block.start)
+                reading.skipped.append(f"{block.name or hex(block.start)}: {exc or 'no reply'}")
                 continue
             for i, word in enumerate(words):
                 regs[block.start + i] = word
                 if block.static:
                     static_regs[block.start + i] = word
-        if include_static:
+        if refresh:
             self._static = static_regs
             self._polls_since_static = 0
         else:
