@@ -1,0 +1,252 @@
+"""Live registry of the BluPow gateways seen on MQTT, and the command/response helper.
+
+Everything comes from the gateways' retained topics (docs/mqtt-api.md): `<base>/<gw>/info`,
+`<base>/<gw>/state` and `<base>/<gw>/devices`. Commands go to `<base>/<gw>/command` and are answered
+on `<base>/<gw>/response`, matched by a random transaction id.
+
+The response topic is subscribed once, when the config entry is set up, rather than once per
+command: Home Assistant's MQTT client sends SUBSCRIBE packets after a short debounce, so a fresh
+subscription made just before publishing could miss a fast answer. The standing subscription is in
+place long before any command is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeassistant.components import mqtt
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+
+from .const import BASE_TOPIC, COMMAND_TIMEOUT, DOMAIN, GATEWAY_ONLINE, SCAN_SECONDS
+from .validation import decode_json
+
+_LOGGER = logging.getLogger(__name__)
+
+# Devices publish `<base>/<MAC>/state` too; their MAC (12 upper-case hex digits) is never a gateway id.
+_DEVICE_ID_RE = re.compile(r"^[0-9A-F]{12}$")
+
+
+class BluPowError(HomeAssistantError):
+    """Base of the errors of a gateway command."""
+
+
+class GatewayUnavailableError(BluPowError):
+    """The gateway is unknown or offline (or the integration was unloaded while waiting)."""
+
+    def __init__(self, gateway_id: str) -> None:
+        super().__init__(f"BluPow gateway '{gateway_id}' is not online")
+        self.gateway_id = gateway_id
+
+
+class GatewayNoResponseError(BluPowError):
+    """The gateway did not answer in time."""
+
+    def __init__(self, gateway_id: str, timeout: float) -> None:
+        super().__init__(f"BluPow gateway '{gateway_id}' did not answer within {timeout:g} seconds")
+        self.gateway_id = gateway_id
+        self.timeout = timeout
+
+
+class GatewayCommandError(BluPowError):
+    """The gateway answered with an error; `error` is its text, word for word."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass
+class Gateway:
+    """What is known about one gateway, from its retained topics."""
+
+    gateway_id: str
+    info: dict[str, Any] | None = None
+    state: str | None = None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def online(self) -> bool:
+        """True when the gateway described itself and its last will says online."""
+        return self.info is not None and self.state == GATEWAY_ONLINE
+
+    @property
+    def command_topic(self) -> str:
+        return f"{BASE_TOPIC}/{self.gateway_id}/command"
+
+    @property
+    def supported_types(self) -> list[dict[str, Any]]:
+        """The driver descriptions of info.supported_types (malformed entries skipped)."""
+        types = (self.info or {}).get("supported_types")
+        if not isinstance(types, list):
+            return []
+        return [item for item in types if isinstance(item, dict) and isinstance(item.get("type"), str)]
+
+    def type_info(self, type_name: str) -> dict[str, Any] | None:
+        return next((item for item in self.supported_types if item["type"] == type_name), None)
+
+
+def command_timeout(command: str, payload: dict[str, Any]) -> float:
+    """Seconds to wait for the answer: a scan answers only after scanning."""
+    if command == "scan":
+        seconds = payload.get("seconds", SCAN_SECONDS)
+        return COMMAND_TIMEOUT + (seconds if isinstance(seconds, int | float) else SCAN_SECONDS)
+    return COMMAND_TIMEOUT
+
+
+class BluPowHub:
+    """The gateways registry plus the requests waiting for an answer."""
+
+    def __init__(self, hass: HomeAssistant) -> None:
+        self.hass = hass
+        self.gateways: dict[str, Gateway] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+
+    async def async_subscribe(self) -> list[CALLBACK_TYPE]:
+        """Subscribe to every gateway's topics; returns the unsubscribe callbacks."""
+        handlers: dict[str, Callable[[mqtt.ReceiveMessage], None]] = {
+            "response": self._on_response,
+            "info": self._on_info,
+            "state": self._on_state,
+            "devices": self._on_devices,
+        }
+        return [
+            await mqtt.async_subscribe(self.hass, f"{BASE_TOPIC}/+/{leaf}", handler, qos=1)
+            for leaf, handler in handlers.items()
+        ]
+
+    @callback
+    def async_shutdown(self) -> None:
+        """Fail the requests still waiting, so no flow or service call hangs after unload."""
+        for (gateway_id, _), future in self._pending.items():
+            if not future.done():
+                future.set_exception(GatewayUnavailableError(gateway_id))
+        self._pending.clear()
+
+    def online_gateways(self) -> list[Gateway]:
+        return sorted((gw for gw in self.gateways.values() if gw.online), key=lambda gw: gw.gateway_id)
+
+    def _gateway(self, gateway_id: str) -> Gateway:
+        return self.gateways.setdefault(gateway_id, Gateway(gateway_id))
+
+    @callback
+    def _on_info(self, msg: mqtt.ReceiveMessage) -> None:
+        gateway_id = _gateway_id(msg.topic)
+        info = decode_json(msg.payload)
+        if info is None and not msg.payload:
+            # An empty retained info clears the gateway (it was removed for good).
+            if self.gateways.pop(gateway_id, None) is not None:
+                _LOGGER.info("BluPow gateway %s was removed", gateway_id)
+            return
+        if not isinstance(info, dict):
+            _LOGGER.warning("Ignoring a malformed info message from BluPow gateway %s", gateway_id)
+            return
+        gateway = self._gateway(gateway_id)
+        if gateway.info is None:
+            _LOGGER.info("Found BluPow gateway %s", gateway_id)
+        gateway.info = info
+
+    @callback
+    def _on_state(self, msg: mqtt.ReceiveMessage) -> None:
+        gateway_id = _gateway_id(msg.topic)
+        if _DEVICE_ID_RE.match(gateway_id):
+            return  # a device's decoded values, not a gateway state
+        payload = decode_json(msg.payload)
+        state = payload.get("state") if isinstance(payload, dict) else None
+        if not isinstance(state, str):
+            return
+        gateway = self._gateway(gateway_id)
+        if gateway.state is not None and gateway.state != state:
+            # Logged once per change, not per message.
+            _LOGGER.info("BluPow gateway %s is now %s", gateway_id, state)
+        gateway.state = state
+
+    @callback
+    def _on_devices(self, msg: mqtt.ReceiveMessage) -> None:
+        gateway_id = _gateway_id(msg.topic)
+        devices = decode_json(msg.payload)
+        if not isinstance(devices, list):
+            _LOGGER.debug("Ignoring a malformed device list from BluPow gateway %s", gateway_id)
+            return
+        self._gateway(gateway_id).devices = [
+            device for device in devices if isinstance(device, dict) and isinstance(device.get("mac_address"), str)
+        ]
+
+    @callback
+    def _on_response(self, msg: mqtt.ReceiveMessage) -> None:
+        response = decode_json(msg.payload)
+        if not isinstance(response, dict) or response.get("transaction") is None:
+            return  # not an answer to one of our requests (they always carry a transaction)
+        future = self._pending.get((_gateway_id(msg.topic), str(response["transaction"])))
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    async def async_send_command(
+        self,
+        gateway_id: str,
+        command: str,
+        payload: dict[str, Any] | None = None,
+        reply_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send a command and return the `data` of the gateway's answer.
+
+        Raises GatewayUnavailableError, GatewayNoResponseError or GatewayCommandError (with the
+        gateway's error text). Publishing itself may raise HomeAssistantError (MQTT not available).
+        """
+        gateway = self.gateways.get(gateway_id)
+        if gateway is None or not gateway.online:
+            raise GatewayUnavailableError(gateway_id)
+        body = dict(payload or {})
+        timeout = command_timeout(command, body) if reply_timeout is None else reply_timeout
+        transaction = secrets.token_hex(8)
+        body.update(command=command, transaction=transaction)
+        key = (gateway_id, transaction)
+        future: asyncio.Future[dict[str, Any]] = self.hass.loop.create_future()
+        self._pending[key] = future  # registered before publishing: the answer can be immediate
+        try:
+            # QoS 1 and never retained: a retained command would be replayed at every gateway start.
+            await mqtt.async_publish(self.hass, gateway.command_topic, json.dumps(body), qos=1, retain=False)
+            async with asyncio.timeout(timeout):
+                response = await future
+        except TimeoutError:
+            raise GatewayNoResponseError(gateway_id, timeout) from None
+        finally:
+            self._pending.pop(key, None)
+        if response.get("status") == "ok":
+            data = response.get("data")
+            return data if isinstance(data, dict) else {}
+        error = response.get("error")
+        raise GatewayCommandError(error if isinstance(error, str) and error else f"status {response.get('status')!r}")
+
+
+def _gateway_id(topic: str) -> str:
+    """`<base>/<gw>/<leaf>` → `<gw>`."""
+    return topic.split("/")[-2]
+
+
+def get_hub(hass: HomeAssistant) -> BluPowHub | None:
+    """The hub of the loaded config entry (there is at most one), or None."""
+    hubs: dict[str, BluPowHub] = hass.data.get(DOMAIN, {})
+    return next(iter(hubs.values()), None)
+
+
+async def async_send_command(
+    hass: HomeAssistant,
+    gateway: Gateway | str,
+    command: str,
+    payload: dict[str, Any] | None = None,
+    reply_timeout: float | None = None,
+) -> dict[str, Any]:
+    """Send `command` to a gateway and return the data of its answer (see BluPowHub.async_send_command)."""
+    gateway_id = gateway.gateway_id if isinstance(gateway, Gateway) else gateway
+    hub = get_hub(hass)
+    if hub is None:
+        raise GatewayUnavailableError(gateway_id)
+    return await hub.async_send_command(gateway_id, command, payload, reply_timeout)
