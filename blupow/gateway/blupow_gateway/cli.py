@@ -133,6 +133,11 @@ async def _probe(args: argparse.Namespace) -> int:
     try:
         await link.connect()
         connected = time.monotonic()
+        detected = None if args.variant else device.variant_for_name(link.name)
+        if detected and detected != device.variant:
+            # e.g. an RNGRBP… name means a Pro battery: other Modbus id and current scale
+            device = _device(argparse.Namespace(**{**vars(args), "variant": detected}))
+            link.device = device
         reading = await device.read(link)
         done = time.monotonic()
     except (TransportError, modbus.ModbusException) as exc:

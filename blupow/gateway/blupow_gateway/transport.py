@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -106,6 +107,24 @@ def normalise_address(address: str) -> str:
 
 def _bluez_args(adapter: str | None) -> dict[str, str]:
     return {"adapter": adapter} if adapter else {}
+
+
+_DISCOVERY_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def discovery_lock() -> asyncio.Lock:
+    """One discovery session at a time per event loop.
+
+    bleak shares one D-Bus connection per event loop and BlueZ allows one
+    discovery per connection: a second concurrent scan fails with
+    ``org.bluez.Error.InProgress``. Finding a device before connecting and the
+    ``scan`` command therefore take turns.
+    """
+    loop = asyncio.get_running_loop()
+    lock = _DISCOVERY_LOCKS.get(loop)
+    if lock is None:
+        lock = _DISCOVERY_LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 def describe_error(exc: BaseException) -> str:
@@ -201,6 +220,8 @@ class BleLink:
         started = time.monotonic()
         ble_device = await self._find()
         try:
+            # connect_timeout bounds the whole attempt, retries included:
+            # bleak-retry-connector passes its own fixed timeout to each try.
             client = await asyncio.wait_for(
                 establish_connection(
                     BleakClient,
@@ -208,12 +229,16 @@ class BleLink:
                     self.name or self.address,
                     disconnected_callback=self._on_disconnect,
                     max_attempts=3,
-                    timeout=self.options.connect_timeout,
                     bluez=_bluez_args(self.options.adapter),
                 ),
-                self.options.connect_timeout * 3 + 5,  # establish_connection retries; never hang
+                self.options.connect_timeout,
             )
-        except (BleakError, BleakNotFoundError, TimeoutError, EOFError, OSError) as exc:
+        except TimeoutError as exc:
+            raise ConnectFailed(
+                f"could not connect to {self.address} within {self.options.connect_timeout:g} s "
+                "(the link came up but its services never resolved, or the module is busy)"
+            ) from exc
+        except (BleakError, BleakNotFoundError, EOFError, OSError) as exc:
             raise ConnectFailed(f"could not connect to {self.address}: {describe_error(exc)}") from exc
         self._client = client
         self._lost = False
@@ -294,8 +319,17 @@ class BleLink:
         response = "write-without-response" not in self._write_char.properties
         for attempt in range(WRITE_RETRIES):
             try:
-                await self._client.write_gatt_char(self._write_char, frame, response=response)
+                # bleak retries org.bluez.Error.InProgress itself without limit: bound it
+                await asyncio.wait_for(
+                    self._client.write_gatt_char(self._write_char, frame, response=response),
+                    self.options.request_timeout,
+                )
                 return
+            except TimeoutError as exc:
+                raise LinkLost(
+                    f"write to {self.address} did not complete within {self.options.request_timeout:g} s "
+                    "(BlueZ kept answering 'operation in progress')"
+                ) from exc
             except BleakError as exc:
                 if "inprogress" in str(exc).lower().replace(" ", "") and attempt < WRITE_RETRIES - 1:
                     await asyncio.sleep(0.05 * (attempt + 1))
@@ -375,7 +409,7 @@ async def scan(seconds: float = 5.0, adapter: str | None = "hci0") -> list[ScanR
 
     scanner = BleakScanner(on_advert, bluez=_bluez_args(adapter))  # type: ignore[arg-type]
     try:
-        async with scanner:
+        async with discovery_lock(), scanner:
             await asyncio.sleep(seconds)
     except BleakError as exc:
         raise TransportError(f"scan failed on {adapter or 'the default adapter'}: {describe_error(exc)}") from exc

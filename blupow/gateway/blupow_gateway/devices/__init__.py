@@ -82,7 +82,7 @@ def recognise(name: str | None, manufacturer_ids: list[int] | None = None) -> li
     can match; built-in BLE devices (``RNGRBP…``, ``BTRIC…``) match one.
     """
     manufacturer_ids = manufacturer_ids or []
-    matches: list[tuple[int, str]] = []
+    matches: list[tuple[int, int, str]] = []
     for type_name, cls in drivers().items():
         score = 0
         if any(m in cls.manufacturer_ids for m in manufacturer_ids):
@@ -92,5 +92,5 @@ def recognise(name: str | None, manufacturer_ids: list[int] | None = None) -> li
             specific = cls.variant_for_name(name) is not None or not (name or "").strip().upper().startswith("BT-TH-")
             score += 3 if specific else 1
         if score:
-            matches.append((score, type_name))
-    return [t for _, t in sorted(matches, key=lambda m: (-m[0], m[1]))]
+            matches.append((-score, cls.scan_priority, type_name))
+    return [t for *_, t in sorted(matches)]

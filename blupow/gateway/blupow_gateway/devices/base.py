@@ -360,6 +360,7 @@ class BaseDevice:
     serial_field: ClassVar[str | None] = None
     sw_field: ClassVar[str | None] = None
     requires_config: ClassVar[bool] = False
+    scan_priority: ClassVar[int] = 50  # order among equally likely matches in a scan (lower first)
     abstract: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -151,6 +151,7 @@ class RenogyBattery(BaseDevice):
     )
     default_variant = "legacy"
     default_modbus_id = 0x30
+    scan_priority = 30
     model_field = "model"
     serial_field = "serial_number"
     sw_field = "software_version"

@@ -66,6 +66,7 @@ class RenogyChargeController(BaseDevice):
     description = "Renogy MPPT/PWM charge controller (Rover, Rover Elite, Wanderer, Adventurer) via BT-1/BT-2"
     model_hint = "Charge controller"
     default_modbus_id = 0xFF
+    scan_priority = 10
     name_patterns = ("BT-TH-*",)
     model_field = "model"
     serial_field = "serial_number"

@@ -84,6 +84,7 @@ class RenogyDcc(BaseDevice):
     description = "Renogy DC-DC charger with MPPT (DCC30S/DCC50S, RBC…D1S) via BT-2"
     model_hint = "DC-DC charger"
     default_modbus_id = 0xFF
+    scan_priority = 20
     name_patterns = ("BT-TH-*",)
     variants = (
         Variant("standard", 0xFF, "DCC30S/DCC50S and RBC G1/G4: full status block at 0x0120"),

@@ -70,6 +70,7 @@ class RenogyInverter(BaseDevice):
     description = "Renogy inverter or inverter/charger (RIV…, REGO) at Modbus id 0x20"
     model_hint = "Inverter"
     default_modbus_id = 0x20
+    scan_priority = 40
     name_patterns = ("BTRIC*", "RNGRIU*", "BT-TH-*")
     init_read_uuid = "0000ffd4-0000-1000-8000-00805f9b34fb"
     init_delay = 1.0

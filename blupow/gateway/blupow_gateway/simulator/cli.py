@@ -1,0 +1,442 @@
+"""``blupow-sim``: simulated Renogy devices behind a fake BlueZ, for running the gateway without hardware.
+
+::
+
+    blupow-sim --devices controller,dcc,battery,inverter
+    blupow-sim --config devices.yaml --control-socket /tmp/sim.sock
+
+It starts a private ``dbus-daemon`` (unless ``--bus-address`` names an existing
+bus), exports a fake ``org.bluez`` on it and prints::
+
+    DBUS_SYSTEM_BUS_ADDRESS=unix:path=/tmp/blupow-dbus-…/system_bus_socket,guid=…
+    C4:64:E3:8C:2D:75 renogy_charge_controller BT-TH-E38C2D75
+    READY
+
+Run the gateway with that variable set. The process runs until SIGINT/SIGTERM
+(or, with ``--watch-stdin``, until its stdin closes) and then removes the bus.
+
+Control protocol (``--control-socket PATH``): JSON lines over a unix socket, one
+reply line per request line, e.g. ``{"op": "drop", "mac": "C4:…"}``. Every reply
+has ``"ok"``; failures carry ``"error"``. Ops: ``ping``, ``devices``, ``stats``
+(optional ``mac``), ``drop``, ``set`` (``failures`` and/or ``behaviour``),
+``registers`` (optional ``start``/``count``), ``set_registers``, ``truth``,
+``notify`` (``hex``), ``add`` (a config entry), ``remove``, ``powered`` (``value``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .bus import ENV_VAR, BusError, PrivateBus
+from .fake_bluez import BEHAVIOUR_KEYS, LAYOUTS, Failures, FakeBlueZ, apply_behaviour
+
+ENTRY_KEYS = ("kind", "mac", "name", "modbus_id", "rssi", "layout", "failures", "options", *BEHAVIOUR_KEYS)
+MAX_LINE = 1 << 20
+
+
+class SimConfigError(ValueError):
+    """A bad --devices / --config entry; reported on one line, exit code 2."""
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+def known_kinds() -> list[str]:
+    from . import KINDS
+
+    return list(KINDS)
+
+
+def parse_kinds(values: Sequence[str]) -> list[dict[str, Any]]:
+    """``--devices a,b --devices c`` -> config entries; repeated kinds are allowed."""
+    entries: list[dict[str, Any]] = []
+    kinds = known_kinds()
+    for value in values:
+        for kind in (k.strip() for k in value.split(",")):
+            if not kind:
+                continue
+            if kind not in kinds:
+                raise SimConfigError(f"unknown device kind {kind!r} (known: {', '.join(kinds)})")
+            entries.append({"kind": kind})
+    return entries
+
+
+def load_config(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read a YAML (or JSON) file: a list of entries, or ``{devices: [...], adv_interval: s}``."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SimConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SimConfigError(f"{path} is not valid YAML: {exc}") from None
+    settings: dict[str, Any] = {}
+    if isinstance(data, Mapping):
+        unknown = set(data) - {"devices", "adv_interval"}
+        if unknown:
+            raise SimConfigError(f"{path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        if "adv_interval" in data:
+            interval = data["adv_interval"]
+            if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+                raise SimConfigError(f"{path}: adv_interval must be a number of seconds > 0")
+            settings["adv_interval"] = float(interval)
+        data = data.get("devices")
+    if not isinstance(data, list) or not data:
+        raise SimConfigError(f"{path}: expected a non-empty list of devices (each with at least 'kind')")
+    entries = []
+    for index, entry in enumerate(data):
+        if not isinstance(entry, Mapping):
+            raise SimConfigError(f"{path}: devices[{index}] must be a mapping with at least 'kind'")
+        entries.append(dict(entry))
+    return entries, settings
+
+
+def add_entry(fake: FakeBlueZ, entry: Mapping[str, Any], where: str = "device") -> Any:
+    """Create and attach the device one config entry describes; errors name the entry."""
+    unknown = set(entry) - set(ENTRY_KEYS)
+    if unknown:
+        raise SimConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(ENTRY_KEYS)})"
+        )
+    kind = entry.get("kind")
+    if kind not in known_kinds():
+        raise SimConfigError(f"{where}: kind must be one of {', '.join(known_kinds())}, not {kind!r}")
+    sim_kwargs: dict[str, Any] = {k: entry[k] for k in ("mac", "name", "modbus_id") if entry.get(k) is not None}
+    options = entry.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise SimConfigError(f"{where}: options must be a mapping")
+    failures = entry.get("failures") or {}
+    if not isinstance(failures, Mapping):
+        raise SimConfigError(f"{where}: failures must be a mapping")
+    layout = entry.get("layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise SimConfigError(f"{where}: layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    rssi = entry.get("rssi", -60)
+    if isinstance(rssi, bool) or not isinstance(rssi, int) or not -127 <= rssi <= 20:
+        raise SimConfigError(f"{where}: rssi must be a whole number of dBm (-127..20), not {rssi!r}")
+    mac = sim_kwargs.get("mac")
+    if mac is not None and (not isinstance(mac, str) or not _valid_mac(mac)):
+        raise SimConfigError(f"{where}: mac must look like C4:64:E3:38:3D:0E, not {mac!r}")
+    behaviour = {k: entry[k] for k in BEHAVIOUR_KEYS if k in entry}
+    try:
+        parsed_failures = Failures.from_dict(failures)
+        device = fake.add(kind, rssi=rssi, layout=layout, failures=parsed_failures, **sim_kwargs, **dict(options))
+        apply_behaviour(device, behaviour)
+    except (ValueError, TypeError) as exc:
+        raise SimConfigError(f"{where}: {exc}") from None
+    return device
+
+
+def _valid_mac(mac: str) -> bool:
+    parts = mac.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts)
+
+
+# --- control protocol -----------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _register_number(key: Any) -> int:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str):
+        with contextlib.suppress(ValueError):
+            return int(key, 0)
+    raise ValueError(f"register must be a number like 256 or '0x0100', not {key!r}")
+
+
+class SimControl:
+    """The control operations, independent of the socket they arrive on."""
+
+    def __init__(self, fake: FakeBlueZ) -> None:
+        self.fake = fake
+        self._ops: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+            "ping": lambda _r: {},
+            "devices": self._devices,
+            "stats": self._stats,
+            "drop": self._drop,
+            "set": self._set,
+            "registers": self._registers,
+            "set_registers": self._set_registers,
+            "truth": self._truth,
+            "notify": self._notify,
+            "add": self._add,
+            "remove": self._remove,
+            "powered": self._powered,
+        }
+
+    def handle(self, request: Any) -> dict[str, Any]:
+        if not isinstance(request, Mapping):
+            return {"ok": False, "error": "a request must be a JSON object with 'op'"}
+        op = request.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r} (known: {', '.join(self._ops)})"}
+        try:
+            return {"ok": True, **handler(request)}
+        except (KeyError, ValueError, TypeError, SimConfigError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            return {"ok": False, "error": str(message)}
+
+    def handle_line(self, line: bytes) -> bytes:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            reply: dict[str, Any] = {"ok": False, "error": "not valid JSON"}
+        else:
+            reply = self.handle(request)
+        return json.dumps(_json_safe(reply)).encode() + b"\n"
+
+    def _peripheral(self, request: Mapping[str, Any]) -> Any:
+        mac = request.get("mac")
+        if not isinstance(mac, str):
+            raise ValueError("'mac' is required")
+        return self.fake.peripheral(mac)
+
+    def _devices(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "devices": [
+                {
+                    "mac": p.mac,
+                    "type": p.sim.type_name,
+                    "name": p.sim.name,
+                    "variant": p.sim.variant,
+                    "modbus_id": p.sim.modbus_id,
+                    "layout": p.layout,
+                }
+                for p in self.fake.peripherals.values()
+            ]
+        }
+
+    def _stats(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        if request.get("mac") is not None:
+            return {"device": self._peripheral(request).summary()}
+        return {"stats": self.fake.snapshot()}
+
+    def _drop(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        return {"was_connected": self._peripheral(request).drop()}
+
+    def _set(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        peripheral = self._peripheral(request)
+        failures = request.get("failures") or {}
+        behaviour = request.get("behaviour") or {}
+        if not isinstance(failures, Mapping) or not isinstance(behaviour, Mapping):
+            raise ValueError("'failures' and 'behaviour' must be objects")
+        # Validate both before changing anything: a bad request changes nothing.
+        trial = Failures.from_dict(peripheral.failures.as_dict())
+        trial.update(failures)
+        apply_behaviour(_BehaviourProbe(peripheral.sim), behaviour)
+        peripheral.failures.update(failures)
+        apply_behaviour(peripheral.sim, behaviour)
+        return {"failures": peripheral.failures.as_dict()}
+
+    def _registers(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        sim = self._peripheral(request).sim
+        regs: dict[int, int] = sim.registers
+        if "start" in request:
+            start = _register_number(request["start"])
+            count = request.get("count", 1)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError("'count' must be a whole number >= 1")
+            regs = {r: sim.registers[r] for r in range(start, start + count) if r in sim.registers}
+        return {"registers": {str(r): v for r, v in sorted(regs.items())}, "writes": [list(w) for w in sim.writes]}
+
+    def _set_registers(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        sim = self._peripheral(request).sim
+        values = request.get("registers")
+        if not isinstance(values, Mapping):
+            raise ValueError("'registers' must be an object of register: value")
+        parsed = {}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+                raise ValueError(f"register {key} value must be 0..65535, not {value!r}")
+            parsed[_register_number(key)] = value
+        sim.registers.update(parsed)
+        return {"set": len(parsed)}
+
+    def _truth(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        return {"truth": self._peripheral(request).sim.truth}
+
+    def _notify(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        peripheral = self._peripheral(request)
+        text = request.get("hex")
+        if not isinstance(text, str):
+            raise ValueError("'hex' is required")
+        return {"sent": peripheral.notify(bytes.fromhex(text))}
+
+    def _add(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        entry = {k: v for k, v in request.items() if k != "op"}
+        device = add_entry(self.fake, entry, where="add")
+        return {"mac": device.mac, "type": device.type_name, "name": device.name}
+
+    def _remove(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        peripheral = self._peripheral(request)
+        self.fake.remove(peripheral.mac)
+        return {}
+
+    def _powered(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        value = request.get("value")
+        if not isinstance(value, bool):
+            raise ValueError("'value' must be true or false")
+        self.fake.set_powered(value)
+        return {"powered": value}
+
+
+class _BehaviourProbe:
+    """A throw-away copy target so behaviour updates can be validated first."""
+
+    def __init__(self, sim: Any) -> None:
+        from dataclasses import replace
+
+        self.behaviour = replace(sim.behaviour)
+
+
+async def serve_control(control: SimControl, path: Path) -> asyncio.AbstractServer:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(control.handle_line(line))
+                await writer.drain()
+        except (ConnectionError, ValueError):  # ValueError: line longer than the limit
+            pass
+        finally:
+            writer.close()
+
+    _remove_socket(path)
+    server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_LINE)
+    os.chmod(path, 0o600)  # the socket can change device behaviour: owner only
+    return server
+
+
+def _remove_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blupow-sim", description="Simulated Renogy BLE devices on a fake BlueZ (private D-Bus)."
+    )
+    parser.add_argument(
+        "--devices",
+        action="append",
+        default=[],
+        metavar="KINDS",
+        help=f"comma-separated kinds, repeatable ({', '.join(known_kinds())})",
+    )
+    parser.add_argument("--config", type=Path, help="YAML list of {kind, mac, name, modbus_id, latency, ...}")
+    parser.add_argument("--bus-address", help="use this D-Bus instead of starting a private dbus-daemon")
+    parser.add_argument(
+        "--bus-dir", type=Path, help="directory for the private bus socket and config (default: a new temp dir)"
+    )
+    parser.add_argument("--control-socket", type=Path, help="unix socket for the JSON-lines control protocol")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin is closed (parent went away)")
+    parser.add_argument("--adapter", default="hci0")
+    parser.add_argument("--adv-interval", type=float, help="seconds between advertisements (default 0.02)")
+    return parser
+
+
+def _stop_event(watch_stdin: bool) -> asyncio.Event:
+    """Set on SIGINT/SIGTERM (and stdin EOF); installed before READY so no signal is missed."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if watch_stdin:
+
+        def on_stdin() -> None:
+            try:
+                data = os.read(sys.stdin.fileno(), 4096)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(sys.stdin.fileno())
+                stop.set()
+
+        loop.add_reader(sys.stdin.fileno(), on_stdin)
+    return stop
+
+
+async def run(args: argparse.Namespace, entries: list[dict[str, Any]], settings: dict[str, Any]) -> int:
+    stop = _stop_event(args.watch_stdin)
+    bus: PrivateBus | None = None
+    address = args.bus_address
+    if not address:
+        bus = PrivateBus(args.bus_dir)
+        address = bus.start()
+    adv_interval = args.adv_interval or settings.get("adv_interval", 0.02)
+    fake = FakeBlueZ(address, adapter=args.adapter, adv_interval=adv_interval)
+    server: asyncio.AbstractServer | None = None
+    try:
+        await fake.start()
+        for index, entry in enumerate(entries):
+            add_entry(fake, entry, where=f"devices[{index}]")
+        if args.control_socket:
+            server = await serve_control(SimControl(fake), args.control_socket)
+        lines = [f"{ENV_VAR}={address}"]
+        lines += [f"{p.mac} {p.sim.type_name} {p.sim.name}" for p in fake.peripherals.values()]
+        lines.append("READY")
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1)
+            _remove_socket(args.control_socket)
+        await fake.stop()
+        if bus is not None:
+            bus.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        entries = parse_kinds(args.devices)
+        settings: dict[str, Any] = {}
+        if args.config is not None:
+            more, settings = load_config(args.config)
+            entries += more
+        if not entries:
+            raise SimConfigError("nothing to simulate: give --devices KINDS and/or --config FILE")
+        if args.adv_interval is not None and args.adv_interval <= 0:
+            raise SimConfigError("--adv-interval must be > 0")
+        return asyncio.run(run(args, entries, settings))
+    except SimConfigError as exc:
+        print(f"blupow-sim: error: {exc}", file=sys.stderr)
+        return 2
+    except BusError as exc:
+        print(f"blupow-sim: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
