@@ -9,9 +9,10 @@ docs/devices.md).
 
 from __future__ import annotations
 
-from .base import Block, Category, Enc, Field
+from ._fields import DIAG, current, power, soc, temperature, voltage
+from .base import Block, Enc, Field
 
-DIAG = Category.DIAGNOSTIC
+__all__ = ["current", "power", "soc", "temperature", "voltage"]  # re-exported for the drivers
 
 # Identity blocks: static, and optional because some controllers never answer
 # 0x000C (renogy-ha#221); a missing model must not fail every poll.
@@ -49,55 +50,6 @@ IDENTITY_FIELDS = (
         description="Modbus address stored in the device (low byte of 0x001A)",
     ),
 )
-
-
-def voltage(key: str, reg: int, description: str, **kw: object) -> Field:
-    return Field(
-        key,
-        reg,
-        scale=0.1,
-        unit="V",
-        device_class="voltage",
-        state_class="measurement",
-        precision=1,
-        description=description,
-        **kw,
-    )  # type: ignore[arg-type]
-
-
-def current(key: str, reg: int, description: str, scale: float = 0.01, **kw: object) -> Field:
-    return Field(
-        key,
-        reg,
-        scale=scale,
-        unit="A",
-        device_class="current",
-        state_class="measurement",
-        precision=2,
-        description=description,
-        **kw,
-    )  # type: ignore[arg-type]
-
-
-def power(key: str, reg: int, description: str, **kw: object) -> Field:
-    return Field(
-        key, reg, unit="W", device_class="power", state_class="measurement", precision=0, description=description, **kw
-    )  # type: ignore[arg-type]
-
-
-def temperature(key: str, reg: int, enc: Enc, description: str, scale: float = 1.0, **kw: object) -> Field:
-    return Field(
-        key,
-        reg,
-        enc,
-        scale=scale,
-        unit="°C",
-        device_class="temperature",
-        state_class="measurement",
-        precision=0 if scale == 1 else 1,
-        description=description,
-        **kw,
-    )  # type: ignore[arg-type]
 
 
 def amp_hours(key: str, reg: int, description: str, enc: Enc = Enc.U16) -> Field:
@@ -138,12 +90,6 @@ def energy_kwh(key: str, reg: int, description: str) -> Field:
 
 def counter(key: str, reg: int, description: str, unit: str | None = None, **kw: object) -> Field:
     return Field(key, reg, unit=unit, state_class="total_increasing", precision=0, description=description, **kw)  # type: ignore[arg-type]
-
-
-def soc(key: str, reg: int, description: str) -> Field:
-    return Field(
-        key, reg, unit="%", device_class="battery", state_class="measurement", precision=0, description=description
-    )
 
 
 def has_faults(values: dict[str, object]) -> bool | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._fields import flag
 from .base import BaseDevice, Block, Category, Enc, Field, Variant
 
 DIAG = Category.DIAGNOSTIC
@@ -96,22 +97,6 @@ def _any(*keys: str) -> Any:
         return any(v[k] for k in keys)
 
     return compute
-
-
-def _flag(
-    key: str, reg: int, bit: int, description: str, device_class: str | None = None, category: Category | None = None
-) -> Field:
-    return Field(
-        key,
-        reg,
-        mask=1,
-        shift=bit,
-        boolean=True,
-        component="binary_sensor",
-        device_class=device_class,
-        category=category,
-        description=description,
-    )
 
 
 def _limit(key: str, reg: int, scale: float, unit: str, dc: str, description: str, enc: Enc = Enc.U16) -> Field:
@@ -342,8 +327,8 @@ class RenogyBattery(BaseDevice):
             icon="mdi:shield-alert",
             description="Active BMS protections from status 1 (list)",
         ),
-        _flag("charge_mosfet", 5106, 1, "Charge MOSFET is on", category=DIAG),
-        _flag("discharge_mosfet", 5106, 2, "Discharge MOSFET is on", category=DIAG),
+        flag("charge_mosfet", 5106, 1, "Charge MOSFET is on", category=DIAG),
+        flag("discharge_mosfet", 5106, 2, "Discharge MOSFET is on", category=DIAG),
         Field(
             "warnings",
             5107,
@@ -353,8 +338,8 @@ class RenogyBattery(BaseDevice):
             icon="mdi:alert",
             description="Active BMS warnings from status 2 (list)",
         ),
-        _flag("heater_on", 5107, 13, "Cell heater is running", device_class="heat"),
-        _flag("fully_charged", 5107, 11, "BMS reports the battery fully charged"),
+        flag("heater_on", 5107, 13, "Cell heater is running", device_class="heat"),
+        flag("fully_charged", 5107, 11, "BMS reports the battery fully charged"),
         Field(
             "cell_voltage_errors",
             5108,
@@ -363,8 +348,8 @@ class RenogyBattery(BaseDevice):
             category=DIAG,
             description="Cells with a voltage error from status 3 (list)",
         ),
-        _flag("charge_enabled", 5109, 6, "BMS allows charging", category=DIAG),
-        _flag("discharge_enabled", 5109, 7, "BMS allows discharging", category=DIAG),
+        flag("charge_enabled", 5109, 6, "BMS allows charging", category=DIAG),
+        flag("discharge_enabled", 5109, 7, "BMS allows discharging", category=DIAG),
         Field("serial_number", 5110, Enc.ASCII, words=8, category=DIAG, description="Serial number"),
         Field("model", 5122, Enc.ASCII, words=8, category=DIAG, description="Battery model, e.g. RBT100LFP12-BT"),
         Field("software_version", 5130, Enc.ASCII, words=2, category=DIAG, description="BMS firmware version"),

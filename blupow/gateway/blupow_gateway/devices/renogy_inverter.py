@@ -8,9 +8,8 @@ The RIV4835CSH1S does not answer the model block at 4311, so it is optional.
 
 from __future__ import annotations
 
-from .base import BaseDevice, Block, Category, Enc, Field
-
-DIAG = Category.DIAGNOSTIC
+from ._fields import DIAG, current, frequency, power, voltage
+from .base import BaseDevice, Block, Enc, Field
 
 CHARGING_STATUS = {
     0: "deactivated",
@@ -20,50 +19,6 @@ CHARGING_STATUS = {
     6: "battery_activation",
     7: "battery_disconnecting",
 }
-
-
-def _v(key: str, reg: int, description: str) -> Field:
-    return Field(
-        key,
-        reg,
-        scale=0.1,
-        unit="V",
-        device_class="voltage",
-        state_class="measurement",
-        precision=1,
-        description=description,
-    )
-
-
-def _a(key: str, reg: int, description: str, scale: float = 0.01, enc: Enc = Enc.U16) -> Field:
-    return Field(
-        key,
-        reg,
-        enc,
-        scale=scale,
-        unit="A",
-        device_class="current",
-        state_class="measurement",
-        precision=2 if scale == 0.01 else 1,
-        description=description,
-    )
-
-
-def _hz(key: str, reg: int, description: str) -> Field:
-    return Field(
-        key,
-        reg,
-        scale=0.01,
-        unit="Hz",
-        device_class="frequency",
-        state_class="measurement",
-        precision=2,
-        description=description,
-    )
-
-
-def _w(key: str, reg: int, description: str, unit: str = "W", dc: str = "power") -> Field:
-    return Field(key, reg, unit=unit, device_class=dc, state_class="measurement", precision=0, description=description)
 
 
 class RenogyInverter(BaseDevice):
@@ -88,12 +43,12 @@ class RenogyInverter(BaseDevice):
     fields = (
         Field("device_id", 4109, category=DIAG, enabled_default=False, description="Modbus id stored in the inverter"),
         Field("model", 4311, Enc.ASCII, words=8, category=DIAG, description="Model, e.g. RIV1230RCH-SPS"),
-        _v("ac_input_voltage", 4000, "AC input (grid/shore) voltage"),
-        _a("ac_input_current", 4001, "AC input current"),
-        _v("ac_output_voltage", 4002, "AC output voltage"),
-        _a("ac_output_current", 4003, "AC output current"),
-        _hz("ac_output_frequency", 4004, "AC output frequency"),
-        _v("battery_voltage", 4005, "Battery voltage"),
+        voltage("ac_input_voltage", 4000, "AC input (grid/shore) voltage"),
+        current("ac_input_current", 4001, "AC input current"),
+        voltage("ac_output_voltage", 4002, "AC output voltage"),
+        current("ac_output_current", 4003, "AC output current"),
+        frequency("ac_output_frequency", 4004, "AC output frequency"),
+        voltage("battery_voltage", 4005, "Battery voltage"),
         Field(
             "temperature",
             4006,
@@ -105,7 +60,7 @@ class RenogyInverter(BaseDevice):
             precision=1,
             description="Inverter temperature",
         ),
-        _hz("ac_input_frequency", 4009, "AC input frequency"),
+        frequency("ac_input_frequency", 4009, "AC input frequency"),
         Field(
             "battery_soc",
             4327,
@@ -115,22 +70,22 @@ class RenogyInverter(BaseDevice):
             precision=0,
             description="Battery state of charge",
         ),
-        _a("charging_current", 4328, "Battery charging current (s16)", scale=0.1, enc=Enc.S16),
-        _v("solar_voltage", 4329, "Solar input voltage"),
-        _a("solar_current", 4330, "Solar input current", scale=0.1),
-        _w("solar_power", 4331, "Solar input power"),
+        current("charging_current", 4328, "Battery charging current (s16)", scale=0.1, enc=Enc.S16),
+        voltage("solar_voltage", 4329, "Solar input voltage"),
+        current("solar_current", 4330, "Solar input current", scale=0.1),
+        power("solar_power", 4331, "Solar input power"),
         Field(
             "charging_status", 4332, options=CHARGING_STATUS, icon="mdi:battery-charging", description="Charger stage"
         ),
-        _w("charging_power", 4333, "Battery charging power"),
+        power("charging_power", 4333, "Battery charging power"),
         # 4408 load current: x0.1 A in renogy-bt and renogy-ble's RIV4835 path,
         # x0.01 A in renogy-ble's generic path; two sources against one, and the
         # x0.1 reading keeps load_current x ac_output_voltage close to the
         # apparent power. Recorded in docs/devices.md.
-        _a("load_current", 4408, "Load current", scale=0.1),
-        _w("load_active_power", 4409, "Load active power"),
-        _w("load_apparent_power", 4410, "Load apparent power", unit="VA", dc="apparent_power"),
-        _a("line_charging_current", 4412, "Charging current from the AC line", scale=0.1),
+        current("load_current", 4408, "Load current", scale=0.1),
+        power("load_active_power", 4409, "Load active power"),
+        power("load_apparent_power", 4410, "Load apparent power", unit="VA", device_class="apparent_power"),
+        current("line_charging_current", 4412, "Charging current from the AC line", scale=0.1),
         Field(
             "load_percentage",
             4413,

@@ -1,0 +1,66 @@
+"""Shorthands for the field kinds every family uses, so each table row states only what differs.
+
+Precision follows the register resolution (0.1 V -> 1 decimal) unless given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Category, Enc, Field, _decimals
+
+DIAG = Category.DIAGNOSTIC
+
+
+def measurement(
+    key: str,
+    reg: int | None,
+    description: str,
+    *,
+    unit: str,
+    device_class: str | None,
+    scale: float = 1.0,
+    enc: Enc = Enc.U16,
+    **kw: Any,
+) -> Field:
+    kw.setdefault("precision", _decimals(scale))
+    return Field(
+        key,
+        reg,
+        enc,
+        scale=scale,
+        unit=unit,
+        device_class=device_class,
+        state_class="measurement",
+        description=description,
+        **kw,
+    )
+
+
+def voltage(key: str, reg: int, description: str, scale: float = 0.1, **kw: Any) -> Field:
+    return measurement(key, reg, description, unit="V", device_class="voltage", scale=scale, **kw)
+
+
+def current(key: str, reg: int, description: str, scale: float = 0.01, **kw: Any) -> Field:
+    return measurement(key, reg, description, unit="A", device_class="current", scale=scale, **kw)
+
+
+def power(key: str, reg: int, description: str, unit: str = "W", device_class: str = "power", **kw: Any) -> Field:
+    return measurement(key, reg, description, unit=unit, device_class=device_class, **kw)
+
+
+def temperature(key: str, reg: int, enc: Enc, description: str, scale: float = 1.0, **kw: Any) -> Field:
+    return measurement(key, reg, description, unit="°C", device_class="temperature", scale=scale, enc=enc, **kw)
+
+
+def frequency(key: str, reg: int, description: str) -> Field:
+    return measurement(key, reg, description, unit="Hz", device_class="frequency", scale=0.01)
+
+
+def soc(key: str, reg: int, description: str) -> Field:
+    return measurement(key, reg, description, unit="%", device_class="battery")
+
+
+def flag(key: str, reg: int, bit: int, description: str, **kw: Any) -> Field:
+    """One bit of a status register as a binary sensor."""
+    return Field(key, reg, mask=1, shift=bit, boolean=True, component="binary_sensor", description=description, **kw)
