@@ -9,6 +9,11 @@ from importlib.util import find_spec
 
 pytest_plugins = [
     name
-    for name in ("tests.plugins.mosquitto", "tests.plugins.fake_bluez", "tests.plugins.supervisor")
+    for name in (
+        "tests.plugins.mosquitto",
+        "tests.plugins.fake_bluez",
+        "tests.plugins.supervisor",
+        "tests.plugins.gateway",
+    )
     if find_spec(name) is not None
 ]

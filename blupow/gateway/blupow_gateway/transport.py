@@ -36,7 +36,7 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
-from bleak_retry_connector import BleakNotFoundError, establish_connection
+from bleak_retry_connector import BleakNotFoundError, establish_connection, get_connected_devices, get_device
 
 from . import modbus
 from .devices import BaseDevice, recognise
@@ -213,12 +213,29 @@ class BleLink:
         self.name = adv.local_name or ble_device.name
         return ble_device
 
+    async def _still_connected(self) -> BLEDevice | None:
+        """A link BlueZ kept open for us, e.g. after the previous gateway process was killed.
+
+        A connected module does not advertise, so a scan would never find it;
+        BlueZ still lists it as connected and bleak can use that link as it is.
+        """
+        with contextlib.suppress(Exception):  # best effort: a D-Bus hiccup just means "scan"
+            cached = await get_device(self.address)
+            if cached is None:
+                return None
+            for device in await get_connected_devices(cached):
+                path = str((device.details or {}).get("path", "")) if isinstance(device.details, dict) else ""
+                if not self.options.adapter or f"/{self.options.adapter}/" in path:
+                    _LOGGER.info("%s: reusing the link BlueZ kept open", self.address)
+                    return device
+        return None
+
     async def connect(self) -> None:
         if self.connected:
             return
         await self._close_client()
         started = time.monotonic()
-        ble_device = await self._find()
+        ble_device = await self._still_connected() or await self._find()
         try:
             # connect_timeout bounds the whole attempt, retries included:
             # bleak-retry-connector passes its own fixed timeout to each try.

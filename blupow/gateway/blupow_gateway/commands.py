@@ -1,0 +1,281 @@
+"""Command requests on ``<base>/<gw>/command`` and their responses (docs/mqtt-api.md, "Commands").
+
+The protocol follows zigbee2mqtt's bridge requests: every request that parses
+as JSON gets exactly one response ``{command, transaction, status, data,
+error}``; on error ``data`` is ``{}`` and nothing has changed. Checks run in a
+fixed order so the error names the first real problem: size, JSON, object,
+command name, the command's schema (``schemas/command.schema.json``), then the
+MAC, type, existence and the driver's own checks (variant, generic config).
+
+This module validates and builds records; the gateway (``service.Gateway``)
+applies them through the :class:`Registry` protocol and persists before it
+answers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import devices as registry
+from .devices import BaseDevice
+from .schema import ConfigError, errors
+from .store import ORIGIN_OPTIONS, DeviceRecord, default_name, normalise_mac
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_PAYLOAD = 64 * 1024
+COMMANDS = (
+    "add_device",
+    "remove_device",
+    "update_device",
+    "list_devices",
+    "scan",
+    "poll_now",
+    "health_check",
+)
+SCHEMA = "command"
+OPTIONS_EDITABLE = frozenset({"name", "enabled"})
+
+
+class CommandError(Exception):
+    """A request that cannot be carried out; the message is the response's ``error``."""
+
+
+class Registry(Protocol):
+    """What commands need from the gateway."""
+
+    def get(self, mac: str) -> DeviceRecord | None: ...
+
+    async def add_device(self, record: DeviceRecord, device: BaseDevice) -> dict[str, Any]: ...
+
+    async def remove_device(self, mac: str) -> None: ...
+
+    async def update_device(self, record: DeviceRecord, device: BaseDevice | None) -> dict[str, Any]: ...
+
+    def list_devices(self) -> list[dict[str, Any]]: ...
+
+    async def scan(self, seconds: float) -> list[dict[str, Any]]: ...
+
+    def poll_now(self, mac: str | None) -> list[str]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Response:
+    command: str | None
+    transaction: Any
+    status: str
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "transaction": self.transaction,
+            "status": self.status,
+            "data": self.data if self.status == "ok" else {},
+            "error": self.error,
+        }
+
+    @classmethod
+    def failure(cls, command: str | None, transaction: Any, error: str) -> Response:
+        return cls(command=command, transaction=transaction, status="error", data={}, error=error)
+
+
+@dataclass
+class Request:
+    """A request that passed the envelope and schema checks."""
+
+    command: str
+    transaction: Any
+    body: dict[str, Any]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse(payload: bytes) -> Request | Response:
+    """The request, or the error response for a payload that is not a valid request."""
+    if len(payload) > MAX_PAYLOAD:
+        return Response.failure(None, None, f"payload too large ({len(payload)} bytes, max {MAX_PAYLOAD})")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return Response.failure(None, None, "invalid JSON: payload is not UTF-8 text")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        return Response.failure(None, None, f"invalid JSON: {exc}")
+    except ValueError as exc:  # NaN / Infinity
+        return Response.failure(None, None, f"invalid JSON: {exc}")
+    except RecursionError:
+        return Response.failure(None, None, "invalid JSON: nested too deeply")
+    if not isinstance(data, dict):
+        return Response.failure(None, None, "payload must be a JSON object")
+    transaction = data.get("transaction")
+    command = data.get("command")
+    if command is None:
+        return Response.failure(None, transaction, 'missing "command"')
+    if not isinstance(command, str):
+        return Response.failure(None, transaction, "command must be a string")
+    if command not in COMMANDS:
+        return Response.failure(command, transaction, f"unknown command {command!r} (known: {', '.join(COMMANDS)})")
+    problem = _schema_problem(command, data)
+    if problem is not None:
+        return Response.failure(command, transaction, problem)
+    return Request(command=command, transaction=transaction, body=data)
+
+
+def _schema_problem(command: str, data: dict[str, Any]) -> str | None:
+    problems = errors(SCHEMA, data)
+    if not problems:
+        return None
+    first = problems[0]
+    if first.startswith("the configuration: unknown key"):
+        allowed = _allowed_keys(command)
+        return f"{first.removeprefix('the configuration: ')} ({command} takes: {', '.join(allowed)})"
+    return first.replace("the configuration", "the request", 1)
+
+
+def _allowed_keys(command: str) -> list[str]:
+    from .schema import load_schema
+
+    defs = load_schema(SCHEMA)["$defs"]
+    name = command if command in defs else "no_arguments"
+    return [k for k in defs[name]["properties"] if k not in ("command", "transaction")] or ["no arguments"]
+
+
+def _mac(body: Mapping[str, Any]) -> str:
+    raw = body["mac_address"]
+    mac = normalise_mac(raw)
+    if mac is None:
+        raise CommandError(f"invalid MAC address {raw!r}")
+    return mac
+
+
+def _driver(type_name: str) -> type[BaseDevice]:
+    try:
+        return registry.driver(type_name)
+    except KeyError:
+        raise CommandError(f"unknown type {type_name!r} (known: {', '.join(registry.known_types())})") from None
+
+
+def build_device(record: DeviceRecord) -> BaseDevice:
+    """A driver instance for ``record``; raises :class:`CommandError` with the driver's message."""
+    cls = _driver(record.type)
+    if record.config is not None and not cls.requires_config:
+        configurable = [name for name, c in registry.drivers().items() if c.requires_config]
+        raise CommandError(f"config is only used by type {', '.join(configurable)}")
+    if record.variant is not None and not cls.variants:
+        raise CommandError(f"{record.type} has no variants")
+    config = copy.deepcopy(dict(record.config)) if record.config is not None else None
+    try:
+        return cls(modbus_id=record.modbus_id, variant=record.variant, config=config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    except ValueError as exc:  # unknown variant
+        raise CommandError(str(exc)) from None
+
+
+class CommandProcessor:
+    """Runs validated requests against the gateway."""
+
+    def __init__(self, gateway: Registry) -> None:
+        self.gateway = gateway
+
+    async def handle(self, payload: bytes) -> Response:
+        parsed = parse(payload)
+        if isinstance(parsed, Response):
+            return parsed
+        return await self.execute(parsed)
+
+    async def execute(self, request: Request) -> Response:
+        handler = getattr(self, f"_cmd_{request.command}")
+        try:
+            data = await handler(request.body)
+        except CommandError as exc:
+            return Response.failure(request.command, request.transaction, str(exc))
+        except Exception as exc:  # never leave a request unanswered
+            _LOGGER.exception("Command %s failed unexpectedly", request.command)
+            return Response.failure(request.command, request.transaction, f"internal error: {exc}")
+        return Response(command=request.command, transaction=request.transaction, status="ok", data=data)
+
+    # --- commands ---
+
+    async def _cmd_add_device(self, body: dict[str, Any]) -> dict[str, Any]:
+        mac = _mac(body)
+        cls = _driver(body["type"])
+        if self.gateway.get(mac) is not None:
+            raise CommandError(f"device {mac} already exists")
+        name = body.get("name")
+        record = DeviceRecord(
+            mac_address=mac,
+            type=cls.type_name,
+            name=name.strip() if name else default_name(cls.model_hint, mac),
+            modbus_id=body.get("modbus_id"),
+            variant=body.get("variant"),
+            config=copy.deepcopy(body["config"]) if "config" in body else None,
+            enabled=body.get("enabled", True),
+        )
+        device = build_device(record)
+        return await self.gateway.add_device(record, device)
+
+    async def _cmd_remove_device(self, body: dict[str, Any]) -> dict[str, Any]:
+        mac = _mac(body)
+        record = self.gateway.get(mac)
+        if record is None:
+            raise CommandError(f"device {mac} not found")
+        if record.origin == ORIGIN_OPTIONS:
+            raise CommandError(
+                f"device {mac} is listed in the add-on options; remove it there (or disable it with update_device)"
+            )
+        await self.gateway.remove_device(mac)
+        return {"mac_address": mac}
+
+    async def _cmd_update_device(self, body: dict[str, Any]) -> dict[str, Any]:
+        mac = _mac(body)
+        record = self.gateway.get(mac)
+        if record is None:
+            raise CommandError(f"device {mac} not found")
+        changes = {k: body[k] for k in ("name", "modbus_id", "variant", "config", "enabled") if k in body}
+        if record.origin == ORIGIN_OPTIONS:
+            locked = sorted(set(changes) - OPTIONS_EDITABLE)
+            if locked:
+                raise CommandError(
+                    f"device {mac} is listed in the add-on options: only name and enabled can be changed by "
+                    f"command (change {', '.join(locked)} in the options)"
+                )
+        if "name" in changes:
+            changes["name"] = changes["name"].strip()
+        if "config" in changes:
+            changes["config"] = copy.deepcopy(changes["config"])
+        updated = record.with_changes(**changes)
+        device = None
+        if any(k in changes for k in ("modbus_id", "variant", "config")):
+            device = build_device(updated)
+        return await self.gateway.update_device(updated, device)
+
+    async def _cmd_list_devices(self, _body: dict[str, Any]) -> dict[str, Any]:
+        return {"devices": self.gateway.list_devices()}
+
+    async def _cmd_scan(self, body: dict[str, Any]) -> dict[str, Any]:
+        seconds = float(body.get("seconds", 5))
+        return {"devices": await self.gateway.scan(seconds)}
+
+    async def _cmd_poll_now(self, body: dict[str, Any]) -> dict[str, Any]:
+        mac = None
+        if "mac_address" in body:
+            mac = _mac(body)
+            if self.gateway.get(mac) is None:
+                raise CommandError(f"device {mac} not found")
+        return {"queued": self.gateway.poll_now(mac)}
+
+    async def _cmd_health_check(self, _body: dict[str, Any]) -> dict[str, Any]:
+        return self.gateway.health()

@@ -1,0 +1,735 @@
+"""The gateway service: settings, broker, registry, MQTT, polling and discovery wired together.
+
+``main()`` is what ``blupow-gateway run`` calls. It blocks until SIGTERM or
+SIGINT, then publishes the offline state, closes the BLE connections,
+disconnects from the broker and returns 0, all within a few seconds.
+
+:class:`Gateway` owns the run-time state. It implements the command
+``Registry`` (commands.py) and the scheduler's ``Listener`` (scheduler.py), and
+publishes everything docs/mqtt-api.md lists. Changes to the device list are
+persisted before they are answered; connection results follow as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from . import __version__, commands
+from . import devices as registry
+from .commands import CommandError, CommandProcessor, Request, Response
+from .devices import BaseDevice
+from .discovery import Topics, device_configs, gateway_configs
+from .mqtt import Message, MqttClient, Will, new_client_id
+from .scheduler import DeviceWorker, LinkFactory, Scheduler, Status, default_link_factory
+from .store import ORIGIN_OPTIONS, DeviceRecord, DeviceStore, PublishedLedger, merge, utc_now
+
+_LOGGER = logging.getLogger(__name__)
+
+HEARTBEAT_ENV = "BLUPOW_HEARTBEAT_FILE"
+HEARTBEAT_DEFAULT = "/tmp/blupow-heartbeat"  # noqa: S108 - fixed path the add-on's health check reads
+HA_DELAY_ENV = "BLUPOW_HA_BIRTH_DELAY"  # "min,max" seconds before republishing on HA's birth message
+DEVICES_INTERVAL = 5.0  # at most one stats-only republish of the device list per this many seconds
+HEARTBEAT_INTERVAL = 10.0
+OFFLINE = {"state": "offline"}
+ONLINE = {"state": "online"}
+
+Scanner = Callable[[float, str | None], Awaitable[list[Any]]]
+
+
+def _ha_delay_from_env() -> tuple[float, float]:
+    raw = os.environ.get(HA_DELAY_ENV, "")
+    try:
+        parts = [float(p) for p in raw.split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] >= 0:
+        return parts[0], parts[0]
+    if len(parts) == 2 and 0 <= parts[0] <= parts[1]:
+        return parts[0], parts[1]
+    return 5.0, 15.0
+
+
+def _default_scanner(seconds: float, adapter: str | None) -> Awaitable[list[Any]]:
+    from .transport import scan
+
+    return scan(seconds, adapter)
+
+
+def _parse_switch(payload: bytes) -> bool | None:
+    text = payload.decode("utf-8", errors="replace").strip().lower()
+    if text in ("on", "1", "true"):
+        return True
+    if text in ("off", "0", "false"):
+        return False
+    return None
+
+
+class Gateway:
+    """Everything the running gateway holds; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Any,
+        broker: Any,
+        data_dir: Path,
+        *,
+        link_factory: LinkFactory | None = None,
+        scanner: Scanner | None = None,
+        ha_delay: tuple[float, float] | None = None,
+        devices_interval: float = DEVICES_INTERVAL,
+        heartbeat_path: Path | None = None,
+        scheduler_options: dict[str, Any] | None = None,
+        version: str = __version__,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.version = version
+        self.topics = Topics(settings.base_topic, settings.gateway_id, settings.discovery_prefix)
+        self.store = DeviceStore(data_dir)
+        self.ledger_store = PublishedLedger(data_dir)
+        self.scanner = scanner or _default_scanner
+        self.ha_delay = ha_delay if ha_delay is not None else _ha_delay_from_env()
+        self.devices_interval = devices_interval
+        self.heartbeat_path = heartbeat_path or Path(os.environ.get(HEARTBEAT_ENV) or HEARTBEAT_DEFAULT)
+        if link_factory is None:
+            from .transport import LinkOptions
+
+            link_factory = default_link_factory(
+                LinkOptions(
+                    adapter=settings.adapter,
+                    connect_timeout=float(settings.connect_timeout),
+                    request_timeout=float(settings.request_timeout),
+                    keep_connected=settings.keep_connected,
+                )
+            )
+        self.scheduler = Scheduler(
+            listener=self,
+            link_factory=link_factory,
+            poll_interval=float(settings.poll_interval),
+            max_connections=settings.max_connections,
+            keep_connected=settings.keep_connected,
+            connect_timeout=float(settings.connect_timeout),
+            request_timeout=float(settings.request_timeout),
+            **(scheduler_options or {}),
+        )
+        self.mqtt = MqttClient(
+            broker,
+            client_id=new_client_id(settings.gateway_id),
+            will=Will(self.topics.state, json.dumps(OFFLINE)),
+            on_connect=self._on_mqtt_connect,
+        )
+        self.processor = CommandProcessor(self)
+        self.overrides: dict[str, dict[str, Any]] = {}
+        self.started = time.monotonic()
+        self._published: dict[str, str] = {}  # discovery topic -> payload text last published
+        self._device_topics: dict[str, set[str]] = {}  # MAC -> discovery topics it owns
+        self._ledger: dict[str, dict[str, Any]] = {}
+        self._ledger_dirty = False
+        self._stale_cleared = False
+        self._devices_dirty = False
+        self._save_lock = asyncio.Lock()
+        self._commands: asyncio.Queue[Message] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ha_republish: asyncio.Task[None] | None = None
+        self._scanning = False
+        self._stopped = False
+
+    # ================================================================== lifecycle
+
+    async def start(self) -> None:
+        # Compile the command schema now, not while the first request waits for its answer.
+        commands.parse(b'{"command": "health_check"}')
+        stored = await asyncio.to_thread(self.store.load)
+        self._ledger = await asyncio.to_thread(self.ledger_store.load)
+        merged = merge(self.settings.devices, stored, lambda t: registry.driver(t).model_hint)
+        self.overrides = merged.overrides
+        for record in merged.records:
+            device, error = self._build(record)
+            self.scheduler.add(record, device, error)
+        if merged.changed:
+            await self._save(self.records())
+        t = self.topics
+        self.mqtt.subscribe(t.command, self._on_command, qos=1)
+        self.mqtt.subscribe(t.control_wildcard, self._on_control, qos=1)
+        self.mqtt.subscribe(t.ha_status, self._on_ha_status, qos=1)
+        await self.mqtt.start()
+        await self.scheduler.start()
+        self._spawn(self._command_loop(), "commands")
+        self._spawn(self._devices_loop(), "devices-publisher")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._spawn(self._ledger_loop(), "ledger")
+        from_options = sum(1 for r in merged.records if r.origin == ORIGIN_OPTIONS)
+        _LOGGER.info(
+            "BluPow gateway %s started: %d device(s) (%d from the options, %d added by command); "
+            "polling every %s s over at most %d connection(s)%s",
+            self.version,
+            len(merged.records),
+            from_options,
+            len(merged.records) - from_options,
+            self.settings.poll_interval,
+            self.settings.max_connections,
+            ", kept open" if self.settings.keep_connected else "",
+        )
+
+    async def stop(self) -> None:
+        """Offline state, BLE connections closed, broker disconnected; bounded in time."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _LOGGER.info("Stopping the gateway")
+        # Offline first, so Home Assistant shows the devices unavailable at once.
+        self.mqtt.publish(self.topics.state, OFFLINE, qos=1, retain=True)
+        for task in list(self._tasks) + ([self._ha_republish] if self._ha_republish else []):
+            task.cancel()
+        await self.scheduler.stop(grace=2.0)
+        await self._flush_ledger()
+        await self.mqtt.stop(last=[(self.topics.state, OFFLINE, 1, True)], grace=2.0)
+        _LOGGER.info("Gateway stopped")
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("Internal task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ================================================================== registry
+
+    def records(self) -> list[DeviceRecord]:
+        return [w.record for w in self.scheduler.workers.values()]
+
+    def _build(self, record: DeviceRecord) -> tuple[BaseDevice | None, str | None]:
+        try:
+            return commands.build_device(record), None
+        except CommandError as exc:
+            _LOGGER.error("Device %s (%s) cannot be polled: %s", record.mac_address, record.name, exc)
+            return None, str(exc)
+
+    async def _save(self, records: Iterable[DeviceRecord], overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        data = list(records)
+        over = self.overrides if overrides is None else overrides
+        async with self._save_lock:
+            try:
+                await asyncio.to_thread(self.store.save, data, over)
+            except OSError as exc:
+                _LOGGER.error("Could not save the device registry %s: %s", self.store.path, exc.strerror or exc)
+                raise CommandError(f"could not save the device registry ({exc.strerror or exc})") from exc
+
+    def get(self, mac: str) -> DeviceRecord | None:
+        worker = self.scheduler.workers.get(mac)
+        return worker.record if worker else None
+
+    async def add_device(self, record: DeviceRecord, device: BaseDevice) -> dict[str, Any]:
+        await self._save([*self.records(), record])
+        worker = self.scheduler.add(record, device)  # polled as soon as this task yields
+        _LOGGER.info("Device %s (%s, %s) added by command", record.mac_address, record.name, record.type)
+        entry = self._entry(worker)
+        # The answer goes out first (it is published as soon as this returns); the
+        # discovery burst and the event follow on the next turn of the loop.
+        asyncio.get_running_loop().call_soon(self._announce_added, worker, entry)
+        return entry
+
+    def _announce_added(self, worker: DeviceWorker, entry: dict[str, Any]) -> None:
+        if self.scheduler.workers.get(worker.mac) is not worker:
+            return  # removed again in the meantime
+        self._publish_discovery(worker)
+        self._event("device_added", worker.mac, entry)
+        self._publish_devices()
+
+    async def remove_device(self, mac: str) -> None:
+        await self._save([r for r in self.records() if r.mac_address != mac])
+        worker = await self.scheduler.remove(mac)
+        self._clear_device(mac, worker)
+        _LOGGER.info("Device %s removed by command", mac)
+        self._event("device_removed", mac, {})
+        self._publish_devices()
+        self._publish_health()
+
+    async def update_device(self, record: DeviceRecord, device: BaseDevice | None) -> dict[str, Any]:
+        worker = self.scheduler.workers[record.mac_address]
+        old = worker.record
+        overrides = self.overrides
+        if record.origin == ORIGIN_OPTIONS:
+            changes = dict(self.overrides.get(record.mac_address, {}))
+            changes.update(
+                {k: getattr(record, k) for k in ("name", "enabled") if getattr(record, k) != getattr(old, k)}
+            )
+            overrides = {**self.overrides, record.mac_address: changes}
+        if device is None and worker.device is None and record.enabled:
+            device, error = self._build(record)
+            if device is None:
+                raise CommandError(f"device {record.mac_address} cannot be enabled: {error}")
+        records = [record if r.mac_address == record.mac_address else r for r in self.records()]
+        await self._save(records, overrides)
+        self.overrides = overrides
+        await self.scheduler.update(record, device)
+        if device is not None:
+            self._publish_discovery(worker, prune=True)
+        else:
+            self._publish_discovery(worker)
+        if old.enabled != record.enabled:
+            _LOGGER.info("Device %s %s by command", record.mac_address, "enabled" if record.enabled else "disabled")
+        else:
+            _LOGGER.info("Device %s updated by command", record.mac_address)
+        self._event("device_updated", record.mac_address, self._entry(worker))
+        self._publish_devices()
+        return self._entry(worker)
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        return [self._entry(w) for w in self.scheduler.workers.values()]
+
+    async def scan(self, seconds: float) -> list[dict[str, Any]]:
+        if self._scanning:
+            raise CommandError("a scan is already running")
+        self._scanning = True
+        try:
+            async with asyncio.timeout(seconds + 15):
+                results = await self.scanner(seconds, self.settings.adapter)
+        except TimeoutError:
+            raise CommandError(f"scan did not finish within {seconds + 15:g} s") from None
+        except CommandError:
+            raise
+        except Exception as exc:
+            raise CommandError(str(exc) or type(exc).__name__) from exc
+        finally:
+            self._scanning = False
+        configured = set(self.scheduler.workers)
+        return [
+            {
+                "mac_address": r.address.upper(),
+                "name": r.name,
+                "rssi": r.rssi,
+                "types": list(r.types),
+                "configured": r.address.upper() in configured,
+            }
+            for r in results
+        ]
+
+    def poll_now(self, mac: str | None) -> list[str]:
+        return self.scheduler.poll_now(mac)
+
+    def health(self) -> dict[str, Any]:
+        workers = self.scheduler.workers.values()
+        return {
+            "healthy": self.mqtt.connected and self.scheduler.running,
+            "version": self.version,
+            "uptime_s": round(time.monotonic() - self.started),
+            "mqtt_connected": self.mqtt.connected,
+            "devices_total": len(self.scheduler.workers),
+            "devices_online": sum(1 for w in workers if w.status == Status.ONLINE),
+            "last_cycle_s": self.scheduler.last_cycle_s,
+        }
+
+    def _entry(self, worker: DeviceWorker) -> dict[str, Any]:
+        record, device = worker.record, worker.device
+        model = worker.values.get(device.model_field) if device is not None and device.model_field else None
+        return {
+            "mac_address": record.mac_address,
+            "type": record.type,
+            "name": record.name,
+            "variant": device.variant if device is not None else record.variant,
+            "modbus_id": device.modbus_id if device is not None else record.modbus_id,
+            "origin": record.origin,
+            "enabled": record.enabled,
+            "status": str(worker.status),
+            "model": model,
+            "last_seen": worker.stats.last_seen,
+            "last_error": worker.stats.last_error or worker.error,
+            "rssi": worker.rssi,
+            "stats": worker.stats.to_json(),
+        }
+
+    # ================================================================== scheduler listener
+
+    def on_values(self, worker: DeviceWorker) -> None:
+        self.mqtt.publish(self.topics.device_state(worker.mac), worker.values, qos=0, retain=True)
+        self._publish_discovery(worker, prune=True)
+        self._devices_dirty = True
+
+    def on_failure(self, worker: DeviceWorker, error: str) -> None:
+        self._event("device_failed", worker.mac, {"error": error})
+        self._devices_dirty = True
+
+    def on_status(self, worker: DeviceWorker, old: Status, new: Status) -> None:
+        mac, name = worker.mac, worker.record.name
+        if new == Status.ONLINE:
+            self._availability(worker)
+            model = self._entry(worker)["model"]
+            _LOGGER.info(
+                "Device %s (%s) is online%s, poll took %s ms",
+                mac,
+                name,
+                f" ({model})" if model else "",
+                worker.stats.last_latency_ms,
+            )
+            self._event("device_connected", mac, {})
+        elif new == Status.OFFLINE:
+            self._availability(worker)
+            _LOGGER.warning(
+                "Device %s (%s) is offline after %d failed polls: %s",
+                mac,
+                name,
+                worker.stats.consecutive_failures,
+                worker.stats.last_error,
+            )
+            self._event("device_unavailable", mac, {"error": worker.stats.last_error})
+        elif new == Status.DISABLED:
+            self._availability(worker)
+            if old != Status.PENDING:
+                self._event("device_unavailable", mac, {"error": "disabled"})
+        self._publish_devices()
+        self._publish_health()
+
+    def on_cycle(self, seconds: float) -> None:
+        _LOGGER.debug("Poll cycle finished in %.2f s", seconds)
+        self._publish_health()
+        self._touch_heartbeat()
+
+    # ================================================================== MQTT in
+
+    def _on_mqtt_connect(self) -> None:
+        """Everything retained is republished: a restarted broker may have lost it."""
+        t = self.topics
+        self.mqtt.publish(t.state, ONLINE, qos=1, retain=True)
+        self._publish_info()
+        self._publish_devices()
+        self._publish_health()
+        for topic, payload in gateway_configs(t, self.version).items():
+            self._publish_config(topic, payload, force=True)
+        self._republish_devices()
+        if not self._stale_cleared:
+            self._stale_cleared = True
+            self._clear_stale()
+
+    def _republish_devices(self) -> None:
+        for worker in self.scheduler.workers.values():
+            self._publish_discovery(worker, force=True)
+            self._availability(worker)
+            if worker.values:
+                self.mqtt.publish(self.topics.device_state(worker.mac), worker.values, qos=0, retain=True)
+
+    def _on_command(self, message: Message) -> None:
+        self._commands.put_nowait(message)
+
+    async def _command_loop(self) -> None:
+        """One command at a time, in arrival order (scans run beside it: they take seconds)."""
+        while True:
+            message = await self._commands.get()
+            if message.retain:
+                self._respond(self._retained_refusal(message.payload))
+                continue
+            parsed = commands.parse(message.payload)
+            if isinstance(parsed, Response):
+                _LOGGER.debug("Rejected a command: %s", parsed.error)
+                self._respond(parsed)
+            elif parsed.command == "scan":
+                self._spawn(self._execute(parsed), "scan")
+            else:
+                await self._execute(parsed)
+
+    async def _execute(self, request: Request) -> None:
+        response = await self.processor.execute(request)
+        if response.status == "error":
+            _LOGGER.info("Command %s refused: %s", request.command, response.error)
+        self._respond(response)
+
+    def _retained_refusal(self, payload: bytes) -> Response:
+        # A retained command would run again at every start; the live delivery already ran it.
+        parsed = commands.parse(payload)
+        command, transaction = parsed.command, parsed.transaction
+        _LOGGER.warning(
+            "Ignored a retained message on %s: publish commands without the retain flag", self.topics.command
+        )
+        return Response.failure(command, transaction, "retained commands are ignored (publish without the retain flag)")
+
+    def _respond(self, response: Response) -> None:
+        self.mqtt.publish(self.topics.response, response.to_json(), qos=1, retain=False, queue_offline=True)
+
+    def _on_control(self, message: Message) -> None:
+        base = self.topics.base + "/"
+        if not message.topic.startswith(base):
+            return
+        parts = message.topic[len(base) :].split("/")
+        if len(parts) != 3 or parts[2] != "set":
+            return
+        worker = next((w for w in self.scheduler.workers.values() if w.record.topic_id == parts[0].upper()), None)
+        if worker is None or worker.device is None or worker.device.control(parts[1]) is None:
+            return  # another gateway's device, or not a control of ours
+        if message.retain:
+            _LOGGER.warning("Ignored a retained %s: controls are only switched by live messages", message.topic)
+            return
+        on = _parse_switch(message.payload)
+        if on is None:
+            error = f"invalid payload for {parts[1]}: {message.payload[:40]!r} (use ON or OFF)"
+            _LOGGER.warning("Device %s: %s", worker.mac, error)
+            self._event("device_failed", worker.mac, {"error": error})
+            return
+        self._spawn(self._switch(worker, parts[1], on), f"control-{worker.mac}")
+
+    async def _switch(self, worker: DeviceWorker, key: str, on: bool) -> None:
+        wanted = "ON" if on else "OFF"
+        try:
+            value = await self.scheduler.write_control(worker.mac, key, on)
+        except Exception as exc:
+            error = str(exc)
+            _LOGGER.warning("Device %s: switching %s %s failed: %s", worker.mac, key, wanted, error)
+            self._event("device_failed", worker.mac, {"error": error})
+            return
+        if value is None or bool(value) != on:
+            got = "unknown" if value is None else ("ON" if value else "OFF")
+            error = f"{key} reads {got} after switching it {wanted}"
+            _LOGGER.warning("Device %s: %s", worker.mac, error)
+            self._event("device_failed", worker.mac, {"error": error})
+        else:
+            _LOGGER.info("Device %s: %s switched %s", worker.mac, key, wanted)
+
+    def _on_ha_status(self, message: Message) -> None:
+        if message.payload.strip().lower() != b"online" or message.retain:
+            return
+        if self._ha_republish is not None and not self._ha_republish.done():
+            self._ha_republish.cancel()
+        delay = random.uniform(*self.ha_delay)  # noqa: S311 - spreading load, not security
+        self._ha_republish = asyncio.ensure_future(self._republish_for_ha(delay))
+
+    async def _republish_for_ha(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self.mqtt.connected:
+            return
+        _LOGGER.info("Home Assistant (re)started: republishing discovery and states")
+        self.mqtt.publish(self.topics.state, ONLINE, qos=1, retain=True)
+        for topic, payload in gateway_configs(self.topics, self.version).items():
+            self._publish_config(topic, payload, force=True)
+        self._republish_devices()
+
+    # ================================================================== MQTT out
+
+    def _event(self, kind: str, mac: str, data: dict[str, Any]) -> None:
+        payload = {"type": kind, "mac_address": mac, "time": utc_now(), "data": data}
+        self.mqtt.publish(self.topics.event, payload, qos=1, retain=False, queue_offline=True)
+
+    def _availability(self, worker: DeviceWorker) -> None:
+        if worker.status == Status.PENDING:
+            return  # unknown yet: leave the retained value of the previous run alone
+        text = "online" if worker.status == Status.ONLINE else "offline"
+        self.mqtt.publish(self.topics.availability(worker.mac), text, qos=1, retain=True)
+
+    def _publish_info(self) -> None:
+        settings = self.settings
+        info = {
+            "gateway_id": settings.gateway_id,
+            "version": self.version,
+            "base_topic": settings.base_topic,
+            "adapter": settings.adapter,
+            "command_topic": self.topics.command,
+            "response_topic": self.topics.response,
+            "supported_types": [cls.describe() for cls in registry.drivers().values()],
+            "settings": {
+                "log_level": settings.log_level,
+                "poll_interval": settings.poll_interval,
+                "max_connections": settings.max_connections,
+                "keep_connected": settings.keep_connected,
+                "connect_timeout": settings.connect_timeout,
+                "request_timeout": settings.request_timeout,
+                "adapter": settings.adapter,
+                "base_topic": settings.base_topic,
+                "gateway_id": settings.gateway_id,
+                "discovery_prefix": settings.discovery_prefix,
+                "mqtt": {
+                    "host": self.broker.host,
+                    "port": self.broker.port,
+                    "username": self.broker.username,
+                    "tls": self.broker.tls,
+                    "source": getattr(self.broker, "source", "options"),
+                },
+            },
+        }
+        self.mqtt.publish(self.topics.info, info, qos=1, retain=True)
+
+    def _publish_devices(self) -> None:
+        self._devices_dirty = False
+        self.mqtt.publish(self.topics.devices, self.list_devices(), qos=1, retain=True)
+
+    def _publish_health(self) -> None:
+        self.mqtt.publish(self.topics.health, {**self.health(), "time": utc_now()}, qos=1, retain=True)
+
+    async def _devices_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.devices_interval)
+            if self._devices_dirty and self.mqtt.connected:
+                self._publish_devices()
+
+    # --- discovery ---
+
+    def _publish_config(self, topic: str, payload: dict[str, Any], *, force: bool = False) -> None:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        if not force and self._published.get(topic) == text:
+            return
+        if self.mqtt.publish(topic, text, qos=1, retain=True):
+            self._published[topic] = text
+
+    def _discovery_values(self, worker: DeviceWorker) -> dict[str, Any]:
+        """The last values, or before the first poll the ones remembered from the last run."""
+        if worker.values:
+            return worker.values
+        remembered: dict[str, Any] = self._ledger.get(worker.mac, {}).get("values", {})
+        return remembered
+
+    def _publish_discovery(self, worker: DeviceWorker, *, force: bool = False, prune: bool = False) -> None:
+        """Publish what changed; with ``prune`` (the full entity set is known) clear what vanished."""
+        mac = worker.mac
+        if worker.device is None:
+            return
+        values = self._discovery_values(worker)
+        configs = device_configs(self.topics, worker.record, worker.device, values, self.version)
+        known = self._device_topics.setdefault(mac, set(self._ledger.get(mac, {}).get("topics", [])))
+        if prune and worker.values:
+            for topic in known - set(configs):
+                self.mqtt.publish(topic, None, qos=1, retain=True)
+                self._published.pop(topic, None)
+            known.intersection_update(configs)
+        for topic, payload in configs.items():
+            self._publish_config(topic, payload, force=force)
+        known.update(configs)
+        self._remember(worker, known)
+
+    def _remember(self, worker: DeviceWorker, topics: set[str]) -> None:
+        device = worker.device
+        keep: dict[str, Any] = {}
+        if device is not None:
+            wanted = {device.model_field, device.sw_field, device.serial_field}
+            wanted |= {f.key for f in device.active_fields() if isinstance(worker.values.get(f.key), list)}
+            keep = {k: v for k, v in worker.values.items() if k in wanted}
+        entry = self._ledger.get(worker.mac, {})
+        new = {"topics": sorted(topics), "values": keep or entry.get("values", {})}
+        if entry != new:
+            self._ledger[worker.mac] = new
+            self._ledger_dirty = True
+
+    def _clear_device(self, mac: str, worker: DeviceWorker | None) -> None:
+        """Empty retained payloads on every discovery, state and availability topic of ``mac``."""
+        topics = set(self._device_topics.pop(mac, set()))
+        topics |= set(self._ledger.get(mac, {}).get("topics", []))
+        if worker is not None and worker.device is not None:
+            values = worker.values or self._ledger.get(mac, {}).get("values", {})
+            topics |= set(device_configs(self.topics, worker.record, worker.device, values, self.version))
+        for topic in sorted(topics):
+            self.mqtt.publish(topic, None, qos=1, retain=True)
+            self._published.pop(topic, None)
+        self.mqtt.publish(self.topics.device_state(mac), None, qos=1, retain=True)
+        self.mqtt.publish(self.topics.availability(mac), None, qos=1, retain=True)
+        if self._ledger.pop(mac, None) is not None:
+            self._ledger_dirty = True
+
+    def _clear_stale(self) -> None:
+        """Devices that vanished while the gateway was down (e.g. removed from the options)."""
+        for mac in [m for m in self._ledger if m not in self.scheduler.workers]:
+            _LOGGER.info("Clearing the Home Assistant entities of %s (no longer configured)", mac)
+            self._clear_device(mac, None)
+
+    async def _ledger_loop(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            await self._flush_ledger()
+
+    async def _flush_ledger(self) -> None:
+        if not self._ledger_dirty:
+            return
+        self._ledger_dirty = False
+        snapshot = {mac: dict(entry) for mac, entry in self._ledger.items()}
+        try:
+            await asyncio.to_thread(self.ledger_store.save, snapshot)
+        except OSError as exc:
+            _LOGGER.warning("Could not write %s: %s", self.ledger_store.path, exc.strerror or exc)
+
+    # --- heartbeat ---
+
+    async def _heartbeat_loop(self) -> None:
+        interval = min(HEARTBEAT_INTERVAL, float(self.settings.poll_interval))
+        while True:
+            self._touch_heartbeat()
+            await asyncio.sleep(interval)
+
+    def _touch_heartbeat(self) -> None:
+        """Tell the add-on's health check we are alive: the loop runs and polling works."""
+        if self._stopped or not self.scheduler.running:
+            return
+        try:
+            self.heartbeat_path.touch()
+            os.utime(self.heartbeat_path)
+        except OSError as exc:
+            _LOGGER.debug("Cannot touch the heartbeat file %s: %s", self.heartbeat_path, exc)
+
+
+# ====================================================================== main
+
+
+def main(options_path: Path | None, data_dir: Path, overrides: dict[str, Any] | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT; 0 after a signal, 1 when it cannot start."""
+    from .logs import setup_logging
+    from .schema import ConfigError
+    from .settings import load_settings
+
+    try:
+        settings = load_settings(options_path, overrides=overrides or None)
+    except ConfigError as exc:
+        setup_logging("info")
+        _LOGGER.error("Invalid configuration: %s", exc)
+        return 1
+    setup_logging(settings.log_level)
+    return asyncio.run(_run(settings, Path(data_dir)))
+
+
+async def _run(settings: Any, data_dir: Path) -> int:
+    from .supervisor import BrokerError, resolve_broker
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    _LOGGER.debug("Settings: %s", json.dumps(settings.redacted()))
+    resolving = asyncio.ensure_future(resolve_broker(settings.mqtt))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({resolving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not resolving.done():
+        resolving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await resolving
+        return 0
+    stopping.cancel()
+    try:
+        broker = resolving.result()
+    except BrokerError as exc:
+        _LOGGER.error("%s", exc)
+        return 1
+    try:
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        _LOGGER.error("Cannot use the data directory %s: %s", data_dir, exc.strerror or exc)
+        return 1
+    gateway = Gateway(settings, broker, data_dir)
+    try:
+        await gateway.start()
+        await stop.wait()
+    except Exception:
+        _LOGGER.exception("The gateway failed")
+        return 1
+    finally:
+        await gateway.stop()
+    return 0
+
+
+__all__ = ["Gateway", "main"]

@@ -1,0 +1,218 @@
+"""The device registry on disk: atomic writes, damaged files, old layouts, options vs. command devices."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blupow_gateway.settings import DeviceOption
+from blupow_gateway.store import (
+    SCHEMA_VERSION,
+    DeviceRecord,
+    DeviceStore,
+    StoredState,
+    atomic_write_json,
+    merge,
+    normalise_mac,
+)
+from tests.plugins.gateway import GatewayFactory, SimWorld, wait_until
+from tests.plugins.mosquitto import Mosquitto, aretained
+
+CMD = "blupow/gateway/command"
+
+
+def hint(type_name: str) -> str:
+    return {"renogy_inverter": "Inverter", "renogy_dcc": "DC-DC charger"}.get(type_name, "Device")
+
+
+def record(mac: str, **kw: Any) -> DeviceRecord:
+    return DeviceRecord(mac_address=mac, type=kw.pop("type", "renogy_dcc"), name=kw.pop("name", "x"), **kw)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("d8:b6:73:bf:4f:75", "D8:B6:73:BF:4F:75"),
+        ("D8-B6-73-BF-4F-75", "D8:B6:73:BF:4F:75"),
+        ("d8b673bf4f75", "D8:B6:73:BF:4F:75"),
+        (" D8:B6:73:BF:4F:75 ", "D8:B6:73:BF:4F:75"),
+        ("D8:B6-73:BF:4F:75", None),  # mixed separators
+        ("D8:B6:73:BF:4F", None),
+        ("D8:B6:73:BF:4F:7G", None),
+        ("", None),
+    ],
+)
+def test_normalise_mac(text: str, expected: str | None) -> None:
+    assert normalise_mac(text) == expected
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    store = DeviceStore(tmp_path)
+    records = [
+        record("AA:BB:CC:DD:EE:01", modbus_id=3, variant=None, config=None, enabled=False),
+        record("AA:BB:CC:DD:EE:02", type="generic_modbus", config={"blocks": [], "fields": []}),
+        record("AA:BB:CC:DD:EE:03", origin="options"),  # options devices are not stored
+    ]
+    store.save(records, {"AA:BB:CC:DD:EE:03": {"name": "Renamed"}})
+    data = json.loads((tmp_path / "devices.json").read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert [d["mac_address"] for d in data["devices"]] == ["AA:BB:CC:DD:EE:01", "AA:BB:CC:DD:EE:02"]
+    loaded = store.load()
+    assert loaded.devices == records[:2]
+    assert loaded.devices[1].config == {"blocks": [], "fields": []}
+    assert loaded.overrides == {"AA:BB:CC:DD:EE:03": {"name": "Renamed"}}
+    assert [p.name for p in tmp_path.iterdir()] == ["devices.json"]  # no temporary file left
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    path = tmp_path / "devices.json"
+    atomic_write_json(path, {"old": True})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"new": object()})  # not JSON-serialisable: fails mid-way
+    assert json.loads(path.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["devices.json"]
+
+
+def test_a_stray_temporary_file_from_a_crash_is_removed(tmp_path: Path) -> None:
+    store = DeviceStore(tmp_path)
+    store.save([record("AA:BB:CC:DD:EE:01")], {})
+    stray = tmp_path / ".devices.json.4242.tmp"
+    stray.write_text('{"schema_version": 1, "devi')  # what a SIGKILL mid-write leaves
+    assert [r.mac_address for r in store.load().devices] == ["AA:BB:CC:DD:EE:01"]
+    assert not stray.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"schema_version": 1, "devices": [{"mac_addr', b"\x00\x01\x02garbage", b"42", b'{"devices": "all of them"}'],
+    ids=["truncated", "binary", "number", "wrong-shape"],
+)
+def test_a_damaged_file_is_moved_aside_with_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    (tmp_path / "devices.json").write_bytes(content)
+    with caplog.at_level(logging.ERROR):
+        state = DeviceStore(tmp_path).load()
+    assert state == StoredState()
+    (aside,) = list(tmp_path.glob("devices.json.corrupt-*"))
+    assert aside.read_bytes() == content  # nothing is lost
+    assert not (tmp_path / "devices.json").exists()
+    assert str(aside) in caplog.text or "moved to" in caplog.text
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_bad_records_are_skipped_and_the_original_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = {
+        "schema_version": 1,
+        "devices": [
+            {"mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_dcc", "name": "Good"},
+            {"mac_address": "nonsense", "type": "renogy_dcc", "name": "Bad MAC"},
+            {"mac_address": "AA:BB:CC:DD:EE:03", "type": "renogy_dcc", "name": "Bad id", "modbus_id": 300},
+            {"mac_address": "aa:bb:cc:dd:ee:01", "type": "renogy_dcc", "name": "Twice"},
+            "not even an object",
+        ],
+        "options_overrides": {"AA:BB:CC:DD:EE:09": {"enabled": False, "name": 5}},
+    }
+    (tmp_path / "devices.json").write_text(json.dumps(raw))
+    with caplog.at_level(logging.ERROR):
+        state = DeviceStore(tmp_path).load()
+    assert [r.name for r in state.devices] == ["Good"]
+    assert state.overrides == {"AA:BB:CC:DD:EE:09": {"enabled": False}}
+    (kept,) = list(tmp_path.glob("devices.json.rejected-*"))
+    assert json.loads(kept.read_text()) == raw
+    assert "Ignored 4 unusable entries" in caplog.text
+    assert "invalid modbus_id 300" in caplog.text
+
+
+def test_version_0_bare_list_and_newer_versions_are_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "devices.json").write_text(
+        json.dumps([{"mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_dcc", "name": "Old"}])
+    )
+    assert [r.name for r in DeviceStore(tmp_path).load().devices] == ["Old"]
+    newer = {
+        "schema_version": 7,
+        "devices": [{"mac_address": "AA:BB:CC:DD:EE:02", "type": "renogy_dcc", "name": "New", "x": 1}],
+    }
+    (tmp_path / "devices.json").write_text(json.dumps(newer))
+    with caplog.at_level(logging.WARNING):
+        assert [r.name for r in DeviceStore(tmp_path).load().devices] == ["New"]
+    (copy,) = list(tmp_path.glob("devices.json.v7-*"))
+    assert json.loads(copy.read_text()) == newer
+    assert "written by a newer version" in caplog.text
+
+
+def test_merge_options_win_over_command_devices(caplog: pytest.LogCaptureFixture) -> None:
+    stored = StoredState(
+        devices=[record("AA:BB:CC:DD:EE:01", name="By command"), record("AA:BB:CC:DD:EE:02", name="Only command")],
+        overrides={"AA:BB:CC:DD:EE:03": {"enabled": False}, "AA:BB:CC:DD:EE:04": {"name": "Gone"}},
+    )
+    options = [
+        DeviceOption("AA:BB:CC:DD:EE:01", "renogy_inverter", name="From options"),
+        DeviceOption("AA:BB:CC:DD:EE:03", "renogy_dcc"),
+    ]
+    with caplog.at_level(logging.INFO):
+        merged = merge(options, stored, hint)
+    by_mac = {r.mac_address: r for r in merged.records}
+    assert by_mac["AA:BB:CC:DD:EE:01"].origin == "options"
+    assert by_mac["AA:BB:CC:DD:EE:01"].name == "From options"
+    assert by_mac["AA:BB:CC:DD:EE:01"].type == "renogy_inverter"
+    assert by_mac["AA:BB:CC:DD:EE:02"].origin == "command"
+    assert by_mac["AA:BB:CC:DD:EE:03"].enabled is False  # the command change to an options device stays
+    assert by_mac["AA:BB:CC:DD:EE:03"].name == "DC-DC charger EE03"
+    assert merged.overrides == {"AA:BB:CC:DD:EE:03": {"enabled": False}}
+    assert merged.changed  # the file must be rewritten without the taken-over device
+    assert "AA:BB:CC:DD:EE:01 was added by command and is now also listed in the add-on options" in caplog.text
+
+
+async def test_gateway_restart_keeps_command_devices(
+    gateway_factory: GatewayFactory, sim_world: SimWorld, mqtt_recorder: Any, tmp_path: Path
+) -> None:
+    recorder = mqtt_recorder()
+    sim = sim_world.add("controller")
+    first = await gateway_factory()
+    added = await recorder.arequest(
+        CMD, {"command": "add_device", "mac_address": sim.mac, "type": "renogy_charge_controller", "name": "Shed"}
+    )
+    assert added["status"] == "ok"
+    await wait_until(lambda: first.scheduler.workers[sim.mac].status == "online", 5)
+    await first.stop()
+    second = await gateway_factory()
+    worker = second.scheduler.workers[sim.mac]
+    assert (worker.record.name, worker.record.origin) == ("Shed", "command")
+    await wait_until(lambda: worker.status == "online", 5)
+
+
+async def test_a_failed_save_refuses_the_change(
+    gateway_factory: GatewayFactory, mqtt_recorder: Any, tmp_path: Path
+) -> None:
+    recorder = mqtt_recorder()
+    gateway = await gateway_factory()
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "devices.json").mkdir()  # the rename onto it must fail
+    response = await recorder.arequest(
+        CMD, {"command": "add_device", "mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_dcc"}
+    )
+    assert response["status"] == "error"
+    assert response["error"].startswith("could not save the device registry (")
+    assert gateway.list_devices() == []
+
+
+async def test_devices_removed_from_the_options_while_stopped_are_cleared(
+    gateway_factory: GatewayFactory, sim_world: SimWorld, mosquitto: Mosquitto
+) -> None:
+    sim = sim_world.add("dcc")
+    mac_id = sim.mac.replace(":", "")
+    first = await gateway_factory((DeviceOption(sim.mac, "renogy_dcc"),))
+    await wait_until(lambda: first.scheduler.workers[sim.mac].status == "online", 5)
+    await first.mqtt.flush()
+    await first.stop()
+    assert any(mac_id in t for t in await aretained(mosquitto, "homeassistant/#"))
+    second = await gateway_factory(())  # the device is no longer in the options
+    await wait_until(lambda: second._stale_cleared, 5)
+    await second.mqtt.flush()
+    retained = await aretained(mosquitto)
+    assert [t for t in retained if mac_id in t] == []
