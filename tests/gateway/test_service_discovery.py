@@ -62,7 +62,9 @@ async def test_controller_discovery_payloads(
     assert pv["unique_id"] == f"blupow_{mac_id}_pv_power"
     assert pv["name"] == "Pv power"
     assert pv["state_topic"] == f"blupow/{mac_id}/state"
-    assert pv["value_template"] == "{{ value_json.pv_power if value_json.pv_power is defined else None }}"
+    assert pv["value_template"] == (
+        "{{ value_json.pv_power if value_json is defined and value_json.pv_power is defined else None }}"
+    )
     assert (pv["unit_of_measurement"], pv["device_class"], pv["state_class"]) == ("W", "power", "measurement")
     assert pv["suggested_display_precision"] == 0
     assert pv["availability"] == [
@@ -106,7 +108,8 @@ async def test_controller_discovery_payloads(
     assert load["command_topic"] == f"blupow/{mac_id}/load/set"
     assert load["state_topic"] == f"blupow/{mac_id}/state"
     assert load["value_template"] == (
-        "{{ ('ON' if value_json.load_on else 'OFF') if value_json.load_on is defined else 'None' }}"
+        "{{ ('ON' if value_json.load_on else 'OFF') "
+        "if value_json is defined and value_json.load_on is defined else 'None' }}"
     )
     assert (load["payload_on"], load["payload_off"], load["state_on"], load["state_off"]) == ("ON", "OFF", "ON", "OFF")
     # the load state is shown by the switch; no separate binary sensor for it

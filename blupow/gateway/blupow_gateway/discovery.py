@@ -121,29 +121,31 @@ def _missing(numeric: bool) -> str:
     return "None" if numeric else "'unknown'"
 
 
+def _present(key: str) -> str:
+    # ``value_json is defined`` first: when a device is removed its state topic is cleared,
+    # and Home Assistant may render that empty payload before the entity is gone.
+    return f"value_json is defined and value_json.{key} is defined"
+
+
 def value_template(f: Field) -> str:
-    k = f.key
-    return f"{{{{ value_json.{k} if value_json.{k} is defined else {_missing(numeric_expected(f))} }}}}"
+    return f"{{{{ value_json.{f.key} if {_present(f.key)} else {_missing(numeric_expected(f))} }}}}"
 
 
 def list_text_template(key: str) -> str:
     """A list of names (faults) as one text: ``a, b`` or ``none``."""
     joined = f"(value_json.{key} | join(', '))[:{MAX_STATE_LENGTH}]"
-    return (
-        f"{{{{ ({joined} if value_json.{key} | length > 0 else 'none') "
-        f"if value_json.{key} is defined else 'unknown' }}}}"
-    )
+    return f"{{{{ ({joined} if value_json.{key} | length > 0 else 'none') if {_present(key)} else 'unknown' }}}}"
 
 
 def item_template(key: str, index: int, numeric: bool) -> str:
     return (
-        f"{{{{ value_json.{key}[{index}] if value_json.{key} is defined and value_json.{key} | length > {index} "
+        f"{{{{ value_json.{key}[{index}] if {_present(key)} and value_json.{key} | length > {index} "
         f"else {_missing(numeric)} }}}}"
     )
 
 
 def boolean_template(key: str) -> str:
-    return f"{{{{ ('ON' if value_json.{key} else 'OFF') if value_json.{key} is defined else 'None' }}}}"
+    return f"{{{{ ('ON' if value_json.{key} else 'OFF') if {_present(key)} else 'None' }}}}"
 
 
 # --- device ---------------------------------------------------------------------------------
@@ -337,7 +339,7 @@ def gateway_configs(topics: Topics, version: str) -> dict[str, dict[str, Any]]:
             "name": "Version",
             "unique_id": f"{ident}_version",
             "state_topic": topics.info,
-            "value_template": "{{ value_json.version if value_json.version is defined else 'unknown' }}",
+            "value_template": f"{{{{ value_json.version if {_present('version')} else 'unknown' }}}}",
             "icon": "mdi:tag-outline",
             **available,
             **common,
@@ -346,7 +348,7 @@ def gateway_configs(topics: Topics, version: str) -> dict[str, dict[str, Any]]:
             "name": "Devices online",
             "unique_id": f"{ident}_devices_online",
             "state_topic": topics.health,
-            "value_template": "{{ value_json.devices_online if value_json.devices_online is defined else None }}",
+            "value_template": f"{{{{ value_json.devices_online if {_present('devices_online')} else None }}}}",
             "state_class": "measurement",
             "suggested_display_precision": 0,
             "icon": "mdi:bluetooth-connect",
@@ -357,7 +359,7 @@ def gateway_configs(topics: Topics, version: str) -> dict[str, dict[str, Any]]:
             "name": "Last poll cycle",
             "unique_id": f"{ident}_last_cycle",
             "state_topic": topics.health,
-            "value_template": "{{ value_json.last_cycle_s if value_json.last_cycle_s is defined else None }}",
+            "value_template": f"{{{{ value_json.last_cycle_s if {_present('last_cycle_s')} else None }}}}",
             "unit_of_measurement": "s",
             "device_class": "duration",
             "state_class": "measurement",
