@@ -60,7 +60,7 @@ async def test_controller_discovery_payloads(
 
     pv = configs[f"homeassistant/sensor/blupow_{mac_id}_pv_power/config"]
     assert pv["unique_id"] == f"blupow_{mac_id}_pv_power"
-    assert pv["name"] == "Pv power"
+    assert pv["name"] == "PV power"
     assert pv["state_topic"] == f"blupow/{mac_id}/state"
     assert pv["value_template"] == (
         "{{ value_json.pv_power if value_json is defined and value_json.pv_power is defined else None }}"

@@ -112,7 +112,7 @@ class Field:
 
     @property
     def display_name(self) -> str:
-        return self.name or self.key.replace("_", " ").capitalize()
+        return self.name or humanise(self.key)
 
     @property
     def is_text(self) -> bool:
@@ -184,6 +184,16 @@ class Field:
             return None
         signed = self.enc is Enc.ARRAY_S16
         return [self.scaled(_s16(w) if signed else w) for w in words]  # type: ignore[arg-type]
+
+
+_ACRONYMS = {"pv": "PV", "soc": "SOC", "ac": "AC", "bms": "BMS", "mosfet": "MOSFET", "id": "ID", "dc": "DC"}
+
+
+def humanise(key: str) -> str:
+    """``pv_power`` -> ``PV power``: the entity name Home Assistant shows when none is given."""
+    words = [_ACRONYMS.get(w, w) for w in key.split("_")]
+    first = words[0] if words[0].isupper() else words[0].capitalize()
+    return " ".join([first, *words[1:]])
 
 
 def _decimals(scale: float) -> int:
@@ -280,7 +290,7 @@ class Control:
 
     @property
     def display_name(self) -> str:
-        return self.name or self.key.replace("_", " ").capitalize()
+        return self.name or humanise(self.key)
 
 
 RENOGY_WRITE_SERVICE = "0000ffd0-0000-1000-8000-00805f9b34fb"
