@@ -257,7 +257,7 @@ class GatewayProcess:
         self.data_dir = data_dir
         self.log_path = workdir / f"gateway-{len(list(workdir.glob('gateway-*.log')))}.log"
         self.heartbeat = workdir / "heartbeat"
-        full_env = {k: v for k, v in env.items() if k not in ("SUPERVISOR_TOKEN", "HASSIO_TOKEN")}
+        full_env = dict(env)
         full_env.update({"BLUPOW_HEARTBEAT_FILE": str(self.heartbeat), "BLUPOW_HA_BIRTH_DELAY": "0.2,0.3"})
         command = [
             str(GATEWAY_BIN),
@@ -337,9 +337,9 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     def start(
         options: dict[str, Any], *, env: dict[str, str] | None = None, data_dir: Path | None = None
     ) -> GatewayProcess:
-        process = GatewayProcess(
-            tmp_path, options, data_dir or tmp_path / "data", dict(os.environ if env is None else env)
-        )
+        if env is None:  # never inherit a real Supervisor token from the machine running the tests
+            env = {k: v for k, v in os.environ.items() if k not in ("SUPERVISOR_TOKEN", "HASSIO_TOKEN")}
+        process = GatewayProcess(tmp_path, options, data_dir or tmp_path / "data", dict(env))
         started.append(process)
         return process
 
