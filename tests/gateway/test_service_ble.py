@@ -88,3 +88,19 @@ async def test_held_by_another_central_is_reported(fake_bluez: FakeBlueZ, gatewa
     assert "another central" in entry["last_error"]
     fake_bluez.failures(sim.mac).held_by_other_central = False
     await wait_until(lambda: worker.status == "online", 30)
+
+
+async def test_pro_battery_added_by_type_alone_is_polled_as_pro(
+    fake_bluez: FakeBlueZ, gateway_factory: GatewayFactory
+) -> None:
+    """Users add "renogy_battery" without a variant; an RNGRBP… name means id 0xFF and 0.1 A current."""
+    sim = fake_bluez.add("battery_pro", latency=FAST)
+    assert sim.name.startswith("RNGRBP")
+    gateway = await gateway_factory(
+        (DeviceOption(sim.mac, "renogy_battery"),), ble=True, poll_interval=0.3, connect_timeout=2, request_timeout=0.5
+    )
+    worker = gateway.scheduler.workers[sim.mac]
+    await wait_until(lambda: worker.stats.successes >= 1, 20, "polled")
+    assert worker.device is not None and worker.device.variant == "pro" and worker.device.modbus_id == 0xFF
+    assert worker.values["current"] == pytest.approx(sim.truth["current"], abs=0.05)
+    assert worker.stats.failures == 0

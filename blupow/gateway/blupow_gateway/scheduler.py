@@ -461,6 +461,28 @@ class Scheduler:
         link: _GuardedLink = worker.link
         return link
 
+    def _adopt_variant(self, worker: DeviceWorker, device: BaseDevice) -> BaseDevice:
+        """Give a device added without a variant the one its advertised name implies.
+
+        ``RNGRBP…`` is a Pro battery (Modbus id 0xFF, current in 0.1 A), not the
+        legacy default (id 0x30): without this, adding it by type alone would time
+        out on every poll. An explicit variant or Modbus id from the user wins.
+        """
+        if worker.record.variant is not None or not device.variants or worker.link is None:
+            return device
+        name = getattr(worker.link.inner, "name", None)
+        detected = device.variant_for_name(name)
+        if detected is None or detected == device.variant:
+            return device
+        adopted = type(device)(modbus_id=worker.record.modbus_id, variant=detected, config=worker.record.config)
+        _LOGGER.info(
+            "%s: advertised name %s means variant %s (Modbus id %d)", worker.mac, name, detected, adopted.modbus_id
+        )
+        worker.device = adopted
+        if hasattr(worker.link.inner, "device"):
+            worker.link.inner.device = adopted
+        return adopted
+
     def _read_guard(self, device: BaseDevice) -> float:
         blocks = len(device.active_blocks())
         return self.request_timeout * (blocks + 2) + device.request_pacing * blocks + 10
@@ -476,6 +498,7 @@ class Scheduler:
             try:
                 link = self._link(worker)
                 await link.connect()
+                device = self._adopt_variant(worker, device)
                 async with asyncio.timeout(self._read_guard(device)):
                     reading = await device.read(link)
             except asyncio.CancelledError:
