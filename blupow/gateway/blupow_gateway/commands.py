@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from . import devices as registry
 from .devices import BaseDevice
-from .schema import ConfigError, errors
+from .schema import ConfigError, InputError, clean, errors
 from .store import ORIGIN_OPTIONS, DeviceRecord, default_name, normalise_mac
 
 _LOGGER = logging.getLogger(__name__)
@@ -101,6 +101,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _usable(value: Any) -> Any:
+    """``value`` if it can be echoed back (valid Unicode), else None; deep nesting is fine here."""
+    try:
+        json.dumps(value).encode("utf-8")
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError, ValueError):
+        return None
+    return value
+
+
 def parse(payload: bytes) -> Request | Response:
     """The request, or the error response for a payload that is not a valid request."""
     if len(payload) > MAX_PAYLOAD:
@@ -117,6 +127,14 @@ def parse(payload: bytes) -> Request | Response:
         return Response.failure(None, None, f"invalid JSON: {exc}")
     except RecursionError:
         return Response.failure(None, None, "invalid JSON: nested too deeply")
+    try:
+        data = clean(data)
+    except InputError as exc:
+        # still answer with the request's own command and transaction when they are usable
+        command, transaction = (
+            (_usable(data.get(k)) for k in ("command", "transaction")) if isinstance(data, dict) else (None, None)
+        )
+        return Response.failure(command if isinstance(command, str) else None, transaction, f"invalid JSON: {exc}")
     if not isinstance(data, dict):
         return Response.failure(None, None, "payload must be a JSON object")
     transaction = data.get("transaction")

@@ -111,7 +111,7 @@ class MqttClient:
         will: Will,
         keepalive: int = 30,
         reconnect_min: float = 1.0,
-        reconnect_max: float = 30.0,
+        reconnect_max: float = 5.0,
         on_connect: Callable[[], Any] | None = None,
         on_disconnect: Callable[[], Any] | None = None,
     ) -> None:

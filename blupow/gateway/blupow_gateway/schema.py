@@ -89,6 +89,39 @@ def describe(error: ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+MAX_DEPTH = 32
+
+
+class InputError(ValueError):
+    """Structurally unusable input (too deep, not valid Unicode); the message is for users."""
+
+
+def clean(value: Any, depth: int = 0) -> Any:
+    """Check and normalise data parsed from JSON before it is validated or stored.
+
+    * nesting deeper than ``MAX_DEPTH`` is refused (deep copies and schema
+      checks recurse; a 64 KiB payload can nest a thousand levels),
+    * strings holding lone UTF-16 surrogates (``"\\ud800"``) are refused: they
+      are not text and cannot be written back out as UTF-8,
+    * integral floats become ints: JSON Schema counts ``48.0`` as an integer,
+      Python's ``range()`` and our registry do not.
+    """
+    if depth > MAX_DEPTH:
+        raise InputError(f"nested too deeply (more than {MAX_DEPTH} levels)")
+    if isinstance(value, dict):
+        return {clean(k, depth + 1): clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v, depth + 1) for v in value]
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"text {value[:20]!r} contains a lone UTF-16 surrogate") from None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 def errors(name: str, instance: Any) -> list[str]:
     validator = _validator(name)
     found = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.validator))

@@ -429,17 +429,23 @@ class Gateway:
         """One command at a time, in arrival order (scans run beside it: they take seconds)."""
         while True:
             message = await self._commands.get()
-            if message.retain:
-                self._respond(self._retained_refusal(message.payload))
-                continue
-            parsed = commands.parse(message.payload)
-            if isinstance(parsed, Response):
-                _LOGGER.debug("Rejected a command: %s", parsed.error)
-                self._respond(parsed)
-            elif parsed.command == "scan":
-                self._spawn(self._execute(parsed), "scan")
-            else:
-                await self._execute(parsed)
+            try:
+                await self._dispatch(message)
+            except Exception:  # one bad command must never stop the ones after it
+                _LOGGER.exception("Unexpected error while handling a command")
+
+    async def _dispatch(self, message: Message) -> None:
+        if message.retain:
+            self._respond(self._retained_refusal(message.payload))
+            return
+        parsed = commands.parse(message.payload)
+        if isinstance(parsed, Response):
+            _LOGGER.debug("Rejected a command: %s", parsed.error)
+            self._respond(parsed)
+        elif parsed.command == "scan":
+            self._spawn(self._execute(parsed), "scan")
+        else:
+            await self._execute(parsed)
 
     async def _execute(self, request: Request) -> None:
         response = await self.processor.execute(request)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import ConfigError, validate
+from ..schema import ConfigError, InputError, clean, validate
 from .base import BaseDevice, Block, Category, Enc, Field, GattProfile
 
 PREFIX = "generic_modbus config"
@@ -73,6 +73,10 @@ def _field(index: int, spec: Mapping[str, Any]) -> Field:
 
 def build(config: Mapping[str, Any]) -> tuple[tuple[Block, ...], tuple[Field, ...]]:
     """Validate ``config`` and build the read plan and field table from it."""
+    try:
+        config = clean(config)
+    except InputError as exc:
+        raise ConfigError(f"{PREFIX}: {exc}") from None
     validate("generic_modbus", config, PREFIX)
     blocks = tuple(
         Block(
