@@ -212,7 +212,7 @@ async def test_5000_mutated_commands_against_the_command_handler(tmp_path: Path)
     the device it names, and the file on disk always holds what the gateway holds."""
     data_dir = tmp_path / "data"
     gateway = offline_gateway(data_dir)
-    fuzzer = CommandFuzzer(seed=5000)
+    fuzzer = CommandFuzzer(seed=5000, surrogates=True)
     store = data_dir / "devices.json"
     counts = {"ok": 0, "error": 0, "changed": 0}
     for index in range(5000):
@@ -253,7 +253,7 @@ async def test_mutated_commands_end_to_end_over_the_broker(
     """300 payloads through Mosquitto: exactly one response each, and the device list the replies imply."""
     recorder = nodelay(mqtt_recorder((RESPONSE,)))
     gateway = await gateway_factory()
-    fuzzer = CommandFuzzer(seed=300)
+    fuzzer = CommandFuzzer(seed=300, surrogates=True)
     items = [fuzzer.item(i) for i in range(300)]
     since = recorder.mark()
     for item in items:

@@ -1,0 +1,1 @@
+"""BluPow benchmarks: ``scripts/bench`` runs :mod:`bench.run` (see docs/performance.md)."""
