@@ -1,6 +1,6 @@
 """Run the benchmarks, print one table and write ``bench/results.json``.
 
-    scripts/bench            every figure at full size (about 12 minutes on 2 cores)
+    scripts/bench            every figure at full size (about 10 minutes on 2 cores)
     scripts/bench --quick    every figure, reduced (under 3 minutes)
     scripts/bench --only cycle,scale
 

@@ -620,3 +620,12 @@ async def test_commands_are_answered_while_a_scan_runs(
     done = await recorder.await_topic(RESPONSE, 5, match=lambda m: m.json()["transaction"] == "s1")
     assert done.json()["status"] == "ok"
     assert done.json()["data"] == {"devices": []}
+
+
+def test_out_of_range_numbers_are_refused_not_echoed_as_infinity() -> None:
+    from blupow_gateway import commands
+
+    response = commands.parse(b'{"command": "health_check", "transaction": 1e400}')
+    assert isinstance(response, commands.Response)
+    assert response.status == "error" and "out of range" in (response.error or "")
+    assert response.transaction is None  # Infinity is not JSON: never echoed

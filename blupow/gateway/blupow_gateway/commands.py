@@ -104,8 +104,7 @@ def _reject_constant(name: str) -> Any:
 def _usable(value: Any) -> Any:
     """``value`` if it can be echoed back (valid Unicode), else None; deep nesting is fine here."""
     try:
-        json.dumps(value).encode("utf-8")
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (UnicodeEncodeError, RecursionError, ValueError):
         return None
     return value

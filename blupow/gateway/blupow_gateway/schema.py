@@ -8,6 +8,7 @@ jsonschema's own messages quote whole instances ("{...} is not of type
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
@@ -104,7 +105,8 @@ def clean(value: Any, depth: int = 0) -> Any:
     * strings holding lone UTF-16 surrogates (``"\\ud800"``) are refused: they
       are not text and cannot be written back out as UTF-8,
     * integral floats become ints: JSON Schema counts ``48.0`` as an integer,
-      Python's ``range()`` and our registry do not.
+      Python's ``range()`` and our registry do not; numbers too large for a
+      float (``1e400``) are refused.
     """
     if depth > MAX_DEPTH:
         raise InputError(f"nested too deeply (more than {MAX_DEPTH} levels)")
@@ -117,8 +119,11 @@ def clean(value: Any, depth: int = 0) -> Any:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(f"text {value[:20]!r} contains a lone UTF-16 surrogate") from None
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):  # 1e400 parses as inf, which cannot be sent back as JSON
+            raise InputError(f"number {value} is out of range")
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
     return value
 
 
