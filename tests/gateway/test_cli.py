@@ -114,3 +114,9 @@ def test_console_script_runs_as_a_process() -> None:
 
 def test_device_reference_is_up_to_date() -> None:
     assert (ROOT / "docs" / "devices.md").read_text("utf-8") == _docs.render(), "run scripts/gen-device-docs"
+
+
+def test_probe_rejects_a_bad_mac_before_touching_bluetooth(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "probe", "xyz", "--type", "renogy_charge_controller")
+    assert code == 2 and out == ""
+    assert "invalid MAC address 'xyz'" in err

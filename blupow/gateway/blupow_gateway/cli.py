@@ -128,7 +128,10 @@ async def _probe(args: argparse.Namespace) -> int:
     options = LinkOptions(
         adapter=args.adapter, connect_timeout=args.connect_timeout, request_timeout=args.request_timeout
     )
-    link = BleLink(args.mac, device, options)
+    try:
+        link = BleLink(args.mac, device, options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     started = time.monotonic()
     try:
         await link.connect()

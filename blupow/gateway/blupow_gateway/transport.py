@@ -40,6 +40,7 @@ from bleak_retry_connector import BleakNotFoundError, establish_connection, get_
 
 from . import modbus
 from .devices import BaseDevice, recognise
+from .store import normalise_mac
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -101,10 +102,6 @@ class ScanResult:
     types: tuple[str, ...] = field(default_factory=tuple)
 
 
-def normalise_address(address: str) -> str:
-    return address.strip().upper().replace("-", ":")
-
-
 def _bluez_args(adapter: str | None) -> dict[str, str]:
     return {"adapter": adapter} if adapter else {}
 
@@ -160,7 +157,10 @@ class BleLink:
     """A Modbus link to one BLE module. Implements ``devices.base.ModbusLink``."""
 
     def __init__(self, address: str, device: BaseDevice, options: LinkOptions | None = None) -> None:
-        self.address = normalise_address(address)
+        mac = normalise_mac(address)
+        if mac is None:
+            raise ValueError(f"invalid MAC address {address!r}")
+        self.address = mac
         self.device = device
         self.options = options or LinkOptions()
         self.stats = LinkStats()
