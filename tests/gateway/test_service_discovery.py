@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,58 @@ async def test_battery_lists_expand_per_item_and_shrink(
     assert f"homeassistant/sensor/blupow_{mac_id}_cell_voltage_4/config" not in configs
 
 
+async def test_steady_polls_do_not_rebuild_discovery(
+    gateway_factory: GatewayFactory, sim_world: SimWorld, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Configs are built again only when something they show changed (list lengths, name, ...).
+
+    Building and encoding 20-40 configs after every poll only to find them unchanged was half of
+    the gateway's CPU per poll; the real ``device_configs`` is wrapped here to count the builds.
+    """
+    from blupow_gateway import service
+
+    sim, gateway = await online(gateway_factory, sim_world, "battery", "renogy_battery")
+    worker = gateway.scheduler.workers[sim.mac]
+    builds: list[str] = []
+
+    def counting(topics: Topics, record: DeviceRecord, *args: Any) -> dict[str, dict[str, Any]]:
+        builds.append(record.mac_address)
+        return device_configs(topics, record, *args)
+
+    monkeypatch.setattr(service, "device_configs", counting)
+
+    async def poll() -> None:
+        done = worker.stats.successes
+        gateway.poll_now(sim.mac)
+        await wait_until(lambda: worker.stats.successes > done, 5, "polled")
+
+    first = dict(worker.values)
+    for _ in range(3):
+        await poll()
+    assert worker.values != first  # the values moved (the simulator's clock runs) ...
+    assert builds == []  # ... but nothing the configs show did
+
+    sim.registers[5000] = 3  # one cell fewer: the entity set changes
+    await poll()
+    assert builds == [sim.mac]
+    await poll()
+    assert builds == [sim.mac]
+    await gateway.mqtt.flush()
+    configs = configs_of(await aretained(mosquitto), sim.mac.replace(":", ""))
+    cells = {t.split("/")[2] for t in configs if re.search(r"_cell_voltage_\d+$", t.split("/")[2])}
+    assert cells == {f"blupow_{sim.mac.replace(':', '')}_cell_voltage_{i}" for i in (1, 2, 3)}
+
+    answer = await gateway.processor.handle(
+        json.dumps({"command": "update_device", "mac_address": sim.mac, "name": "House bank"}).encode()
+    )
+    assert answer.status == "ok", answer
+    await poll()
+    assert len(builds) >= 2
+    await gateway.mqtt.flush()
+    configs = configs_of(await aretained(mosquitto), sim.mac.replace(":", ""))
+    assert {c["device"]["name"] for c in configs.values()} == {"House bank"}
+
+
 async def test_unread_values_are_omitted_never_zero(
     gateway_factory: GatewayFactory, sim_world: SimWorld, mosquitto: Mosquitto
 ) -> None:
@@ -216,6 +269,48 @@ async def test_home_assistant_birth_republishes_after_a_delay(
     await recorder.apublish("homeassistant/status", "offline")
     await asyncio.sleep(0.6)
     assert recorder.on(config_topic, since) == []
+
+
+@pytest.mark.parametrize("paced", [True, False], ids=["paced", "unpaced-control"])
+async def test_a_republish_larger_than_the_mqtt_queue_loses_nothing(
+    gateway_factory: GatewayFactory,
+    sim_world: SimWorld,
+    mqtt_recorder: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    paced: bool,
+) -> None:
+    """paho drops QoS 1 messages beyond its queue limit; a full republish pauses instead.
+
+    The queue is shrunk to 60 messages (one device fits) against ~130 configs. The unpaced control shows that the
+    burst really overflows it (the republish loses configs without the pause).
+    """
+    from blupow_gateway import mqtt, service
+
+    monkeypatch.setattr(mqtt, "MAX_QUEUED", 60)
+    monkeypatch.setattr(service, "REPUBLISH_HIGH_WATER", 10 if paced else 10**6)
+    recorder = mqtt_recorder()
+    sims = [sim_world.add("battery", mac=f"C4:64:E3:00:01:{i:02X}") for i in range(3)]
+    gateway = await gateway_factory(tuple(DeviceOption(s.mac, "renogy_battery") for s in sims))
+    workers = [gateway.scheduler.workers[s.mac] for s in sims]
+    await wait_until(lambda: all(w.stats.successes for w in workers), 5, "online")
+    expected = set()
+    for w in workers:
+        assert w.device is not None
+        expected |= set(device_configs(TOPICS, w.record, w.device, w.values, gateway.version))
+    assert len(expected) > 2 * 60
+    await gateway.mqtt.flush()
+
+    gateway.ha_delay = (0.0, 0.0)
+    since = recorder.mark()
+    await recorder.apublish("homeassistant/status", "online")
+    await wait_until(lambda: gateway._republish is not None and gateway._republish.done(), 10, "republished")
+    await gateway.mqtt.flush()
+    await asyncio.sleep(0.2)  # the last deliveries to the recorder
+    republished = {m.topic for m in recorder.messages[since:] if m.topic in expected}
+    if paced:
+        assert republished == expected
+    else:
+        assert len(republished) < len(expected)
 
 
 async def test_load_switch_writes_and_reads_back(

@@ -251,6 +251,25 @@ def field_entities(device: BaseDevice, values: Mapping[str, Any]) -> list[Entity
     return specs
 
 
+def config_inputs(record: DeviceRecord, device: BaseDevice, values: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Everything :func:`device_configs` reads that can change while the gateway runs.
+
+    Equal inputs give equal configs, so a caller can skip rebuilding and encoding
+    a device's 20-40 configs after every poll when this has not changed: only the
+    device block's texts and the lengths of list fields come from the values.
+    The driver object itself is part of it (a new config block builds a new one).
+    """
+    lengths = tuple(
+        (f.key, len(items))
+        for f in device.active_fields()
+        if f.enc in _LIST_ENCODINGS and isinstance(items := values.get(f.key), list)
+    )
+    texts = tuple(
+        _text(values.get(key)) if key else None for key in (device.model_field, device.sw_field, device.serial_field)
+    )
+    return (record, device, device.variant, texts, lengths)
+
+
 def device_configs(
     topics: Topics, record: DeviceRecord, device: BaseDevice, values: Mapping[str, Any], version: str
 ) -> dict[str, dict[str, Any]]:

@@ -244,13 +244,19 @@ class MqttClient:
             return False
         return True
 
+    def pending(self) -> int:
+        """QoS>0 messages queued or not yet acknowledged by the broker (paho refuses more than MAX_QUEUED)."""
+        client = self._client
+        # paho keeps them in _out_messages until the PUBACK; it has no public count
+        return len(client._out_messages) if client is not None else 0
+
+    async def wait_pending_below(self, limit: int, grace: float) -> bool:
+        """Wait (at most ``grace`` seconds) until fewer than ``limit`` messages are pending."""
+        return await _poll_until(lambda: self.pending() < limit, grace)
+
     async def flush(self, grace: float = 5.0) -> bool:
         """Wait until every queued QoS>0 message has been acknowledged (tests, shutdown)."""
-        client = self._client
-        if client is None:
-            return True
-        # paho keeps unacknowledged messages in _out_messages
-        return await _poll_until(lambda: not client._out_messages, grace)
+        return await self.wait_pending_below(1, grace)
 
     # --- paho callbacks (paho's thread) ---
 

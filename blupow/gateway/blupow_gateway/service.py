@@ -28,7 +28,7 @@ from . import __version__, commands
 from . import devices as registry
 from .commands import CommandError, CommandProcessor, Request, Response
 from .devices import BaseDevice
-from .discovery import Topics, device_configs, gateway_configs
+from .discovery import Topics, config_inputs, device_configs, gateway_configs
 from .mqtt import Message, MqttClient, Will, new_client_id
 from .scheduler import DeviceWorker, LinkFactory, Scheduler, Status, default_link_factory
 from .store import ORIGIN_OPTIONS, DeviceRecord, DeviceStore, PublishedLedger, merge, utc_now
@@ -40,6 +40,10 @@ HEARTBEAT_DEFAULT = "/tmp/blupow-heartbeat"  # noqa: S108 - fixed path the add-o
 HA_DELAY_ENV = "BLUPOW_HA_BIRTH_DELAY"  # "min,max" seconds before republishing on HA's birth message
 DEVICES_INTERVAL = 5.0  # at most one stats-only republish of the device list per this many seconds
 HEARTBEAT_INTERVAL = 10.0
+# A republish waits above this many unacknowledged QoS 1 messages: with one device's configs
+# (at most ~100) on top it stays far below mqtt.MAX_QUEUED, beyond which paho drops messages...
+REPUBLISH_HIGH_WATER = 1000
+REPUBLISH_WAIT = 30.0  # ...for at most this long before leaving the rest to the next polls
 OFFLINE = {"state": "offline"}
 ONLINE = {"state": "online"}
 
@@ -133,6 +137,8 @@ class Gateway:
         self.started = time.monotonic()
         self._published: dict[str, str] = {}  # discovery topic -> payload text last published
         self._device_topics: dict[str, set[str]] = {}  # MAC -> discovery topics it owns
+        # MAC -> config_inputs() of the last complete, fully delivered discovery of that device
+        self._discovered: dict[str, tuple[Any, ...]] = {}
         self._ledger: dict[str, dict[str, Any]] = {}
         self._ledger_dirty = False
         self._stale_cleared = False
@@ -141,6 +147,7 @@ class Gateway:
         self._commands: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ha_republish: asyncio.Task[None] | None = None
+        self._republish: asyncio.Task[None] | None = None
         self._scanning = False
         self._stopped = False
 
@@ -416,7 +423,37 @@ class Gateway:
             self._clear_stale()
 
     def _republish_devices(self) -> None:
-        for worker in self.scheduler.workers.values():
+        """Every device's discovery, availability and state again, paced (a restart may repeat it)."""
+        if self._republish is not None:
+            self._republish.cancel()
+        # Nothing is known to be on the broker any more: a device the paced loop has
+        # not reached yet publishes in full from its next poll too.
+        self._discovered.clear()
+        for topics in self._device_topics.values():
+            for topic in topics:
+                self._published.pop(topic, None)
+        self._republish = asyncio.ensure_future(self._republish_paced(list(self.scheduler.workers.values())))
+        self._republish.set_name("republish")
+        self._tasks.add(self._republish)
+        self._republish.add_done_callback(self._task_done)
+
+    async def _republish_paced(self, workers: list[DeviceWorker]) -> None:
+        """Publish device by device, waiting for the broker's acknowledgements when many are pending.
+
+        A large installation has thousands of retained discovery configs: sent at
+        once they exceed paho's queue (MAX_QUEUED) and the rest would be dropped
+        until the next cycle. Pausing above a high-water mark keeps every one.
+        """
+        for worker in workers:
+            if self.mqtt.pending() >= REPUBLISH_HIGH_WATER and not await self.mqtt.wait_pending_below(
+                REPUBLISH_HIGH_WATER // 2, REPUBLISH_WAIT
+            ):
+                _LOGGER.warning("The broker acknowledges too slowly; the rest of the republish waits for a poll")
+                return
+            if not self.mqtt.connected:
+                return  # the next connection starts again from the first device
+            if self.scheduler.workers.get(worker.mac) is not worker:
+                continue  # removed meanwhile
             self._publish_discovery(worker, force=True)
             self._availability(worker)
             if worker.values:
@@ -580,12 +617,15 @@ class Gateway:
 
     # --- discovery ---
 
-    def _publish_config(self, topic: str, payload: dict[str, Any], *, force: bool = False) -> None:
+    def _publish_config(self, topic: str, payload: dict[str, Any], *, force: bool = False) -> bool:
+        """Publish one config unless the same text is out already; False if it was dropped."""
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         if not force and self._published.get(topic) == text:
-            return
+            return True
         if self.mqtt.publish(topic, text, qos=1, retain=True):
             self._published[topic] = text
+            return True
+        return False
 
     def _discovery_values(self, worker: DeviceWorker) -> dict[str, Any]:
         """The last values, or before the first poll the ones remembered from the last run."""
@@ -595,22 +635,37 @@ class Gateway:
         return remembered
 
     def _publish_discovery(self, worker: DeviceWorker, *, force: bool = False, prune: bool = False) -> None:
-        """Publish what changed; with ``prune`` (the full entity set is known) clear what vanished."""
+        """Publish what changed; with ``prune`` (the full entity set is known) clear what vanished.
+
+        Called after every poll: when nothing the configs depend on changed since
+        the last complete delivery, it returns before building them (that build
+        and its JSON encoding were half of the gateway's CPU per poll).
+        """
         mac = worker.mac
         if worker.device is None:
             return
         values = self._discovery_values(worker)
+        inputs = config_inputs(worker.record, worker.device, values)
+        if not force and self._discovered.get(mac) == inputs:
+            return
+        self._discovered.pop(mac, None)
         configs = device_configs(self.topics, worker.record, worker.device, values, self.version)
         known = self._device_topics.setdefault(mac, set(self._ledger.get(mac, {}).get("topics", [])))
-        if prune and worker.values:
+        complete = bool(prune and worker.values)  # the entity set is final: clear what vanished
+        delivered = True
+        if complete:
             for topic in known - set(configs):
-                self.mqtt.publish(topic, None, qos=1, retain=True)
-                self._published.pop(topic, None)
-            known.intersection_update(configs)
+                if self.mqtt.publish(topic, None, qos=1, retain=True):
+                    known.discard(topic)  # kept otherwise: the next complete publish clears it
+                    self._published.pop(topic, None)
+                else:
+                    delivered = False
         for topic, payload in configs.items():
-            self._publish_config(topic, payload, force=force)
+            delivered &= self._publish_config(topic, payload, force=force)
         known.update(configs)
         self._remember(worker, known)
+        if complete and delivered:
+            self._discovered[mac] = inputs
 
     def _remember(self, worker: DeviceWorker, topics: set[str]) -> None:
         device = worker.device
@@ -628,6 +683,7 @@ class Gateway:
     def _clear_device(self, mac: str, worker: DeviceWorker | None) -> None:
         """Empty retained payloads on every discovery, state and availability topic of ``mac``."""
         topics = set(self._device_topics.pop(mac, set()))
+        self._discovered.pop(mac, None)
         topics |= set(self._ledger.get(mac, {}).get("topics", []))
         if worker is not None and worker.device is not None:
             values = worker.values or self._ledger.get(mac, {}).get("values", {})
