@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from blupow_gateway.devices import driver
+from blupow_gateway.devices import create_device, driver
 from blupow_gateway.settings import DeviceOption
 from blupow_gateway.simulator import KINDS
 from blupow_gateway.simulator.fake_bluez import FakeBlueZ
+from blupow_gateway.store import DeviceRecord
 from tests.plugins.gateway import GatewayFactory, wait_until
 
 FAST = 0.01
@@ -104,3 +105,30 @@ async def test_pro_battery_added_by_type_alone_is_polled_as_pro(
     assert worker.device is not None and worker.device.variant == "pro" and worker.device.modbus_id == 0xFF
     assert worker.values["current"] == pytest.approx(sim.truth["current"], abs=0.05)
     assert worker.stats.failures == 0
+
+
+async def test_an_inverters_init_pause_does_not_hold_up_other_connects(
+    fake_bluez: FakeBlueZ, gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the LE connection is serialised: the inverter's ffd4 read and pause run after it, outside
+    the scheduler's connect lock, while the next device connects."""
+    pause = 1.0
+    monkeypatch.setattr(driver("renogy_inverter"), "init_delay", pause)
+    inverter = fake_bluez.add("inverter", latency=FAST)
+    controller = fake_bluez.add("controller", latency=FAST)
+    gateway = await gateway_factory(
+        (option(inverter, "inverter"),), ble=True, max_connections=2, poll_interval=30, connect_timeout=3
+    )
+    inverter_stats = fake_bluez.peripheral(inverter.mac).stats
+    await wait_until(lambda: inverter_stats.connects == 1, 10, "inverter connected")
+    worker = gateway.scheduler.workers[inverter.mac]
+    assert worker.stats.successes == 0  # in its init pause now
+    gateway.scheduler.add(
+        DeviceRecord(controller.mac, "renogy_charge_controller", "MPPT"), create_device("renogy_charge_controller")
+    )
+    controller_worker = gateway.scheduler.workers[controller.mac]
+    await wait_until(lambda: controller_worker.stats.successes >= 1, 10, "controller polled")
+    controller_connected = fake_bluez.peripheral(controller.mac).stats.connected_at[0]
+    assert controller_connected - inverter_stats.connected_at[0] < pause / 2
+    await wait_until(lambda: worker.stats.successes >= 1, 10, "inverter polled")
+    assert "0000ffd4-0000-1000-8000-00805f9b34fb" in inverter_stats.reads  # the init read still happens

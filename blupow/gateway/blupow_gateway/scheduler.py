@@ -178,12 +178,18 @@ class _GuardedLink:
         connect = getattr(self.inner, "connect", None)
         if connect is None:
             return
+        settle = getattr(self.inner, "settle", None)
         async with self._scheduler.connect_lock:
             if self.connected:
                 return
             self._scheduler.connect_attempts += 1
             async with asyncio.timeout(self._scheduler.connect_guard):
-                await connect()
+                # Only the connection itself is serialised; a link that can be made
+                # ready separately (notifications, an inverter's init pause) is, below.
+                await (connect(settle=False) if settle is not None else connect())
+        if settle is not None:
+            async with asyncio.timeout(self._scheduler.connect_guard):
+                await settle()
         self._worker.connects += 1
         rssi = getattr(self.inner, "rssi", None)
         if isinstance(rssi, int):
@@ -249,6 +255,7 @@ class Scheduler:
         self.connect_lock = asyncio.Lock()
         self.connect_attempts = 0
         self.workers: dict[str, DeviceWorker] = {}
+        self._pollable = 0  # workers whose ``pollable`` is true, counted by _rebalance
         self.last_cycle_s: float | None = None
         self.cycles = 0
         self.slots_in_use = 0
@@ -286,8 +293,8 @@ class Scheduler:
 
     @property
     def keep_links(self) -> bool:
-        enabled = sum(1 for w in self.workers.values() if w.pollable)
-        return self.keep_connected and enabled <= self.max_connections
+        """Links stay open between polls only while every pollable device has a slot of its own."""
+        return self.keep_connected and self._pollable <= self.max_connections
 
     def add(self, record: DeviceRecord, device: BaseDevice | None, error: str | None = None) -> DeviceWorker:
         worker = DeviceWorker(record=record, device=device, error=error)
@@ -585,7 +592,13 @@ class Scheduler:
         await self._release(worker, grace)
 
     def _rebalance(self) -> None:
-        """When links may no longer stay open, close the idle ones (their slots are needed)."""
+        """After add/remove/update: when links may no longer stay open, close the idle ones.
+
+        It also counts the pollable devices for ``keep_links``: once per change of
+        the device set rather than on every poll (a count per poll made the cost
+        of a poll grow with the number of devices).
+        """
+        self._pollable = sum(1 for w in self.workers.values() if w.pollable)
         if self.keep_links:
             return
         for worker in list(self.workers.values()):

@@ -174,11 +174,17 @@ class BleLink:
         self._lock = asyncio.Lock()
         self._last_request = 0.0
         self._lost = False
+        self._settled = False  # notifications on (and the init read done): requests may go
 
     # --- connection ---
 
     @property
     def connected(self) -> bool:
+        """Up and ready for requests."""
+        return self._link_up and self._settled
+
+    @property
+    def _link_up(self) -> bool:
         return self._client is not None and self._client.is_connected and not self._lost
 
     async def _find(self) -> BLEDevice:
@@ -230,8 +236,17 @@ class BleLink:
                     return device
         return None
 
-    async def connect(self) -> None:
-        if self.connected:
+    async def connect(self, *, settle: bool = True) -> None:
+        """Connect and make the link ready for requests.
+
+        With ``settle=False`` only the LE connection and service resolution are
+        done, the part BlueZ does one device at a time; :meth:`settle` must follow
+        (the scheduler runs it outside its connect lock, so an inverter's init
+        pause does not hold up other devices' connects).
+        """
+        if self._link_up:
+            if settle:
+                await self.settle()
             return
         await self._close_client()
         started = time.monotonic()
@@ -260,15 +275,31 @@ class BleLink:
         self._client = client
         self._lost = False
         try:
-            await self._prepare(client)
+            self._find_characteristics(client)
         except BaseException:
             await self._close_client()
             raise
         self.stats.connects += 1
         self.stats.connect_seconds = time.monotonic() - started
         _LOGGER.debug("connected to %s in %.2f s", self.address, self.stats.connect_seconds)
+        if settle:
+            await self.settle()
 
-    async def _prepare(self, client: BleakClient) -> None:
+    async def settle(self) -> None:
+        """Subscribe to notifications and do the device's init read (after ``connect(settle=False)``)."""
+        client = self._client
+        if client is None or not self._link_up:
+            raise LinkLost(f"{self.address} disconnected before it was ready")
+        if self._settled:
+            return
+        try:
+            await self._subscribe(client)
+        except BaseException:
+            await self._close_client()
+            raise
+        self._settled = True
+
+    def _find_characteristics(self, client: BleakClient) -> None:
         gatt = self.device.gatt
         services = list(client.services)
         self._write_char = find_characteristic(
@@ -281,6 +312,9 @@ class BleLink:
                 f"{self.address} has no characteristic {missing} in the expected service: "
                 "is this a Renogy BT module or built-in BLE device?"
             )
+
+    async def _subscribe(self, client: BleakClient) -> None:
+        assert self._notify_char is not None
         try:
             await client.start_notify(self._notify_char, self._on_notify)
         except (BleakError, EOFError, OSError) as exc:
@@ -308,6 +342,7 @@ class BleLink:
     async def _close_client(self) -> None:
         client, self._client = self._client, None
         self._write_char = self._notify_char = None
+        self._settled = False
         if client is None:
             return
         with contextlib.suppress(BleakError, EOFError, OSError, TimeoutError, AttributeError):
