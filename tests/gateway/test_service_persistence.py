@@ -212,7 +212,39 @@ async def test_devices_removed_from_the_options_while_stopped_are_cleared(
     await first.stop()
     assert any(mac_id in t for t in await aretained(mosquitto, "homeassistant/#"))
     second = await gateway_factory(())  # the device is no longer in the options
-    await wait_until(lambda: second._stale_cleared, 5)
+    await wait_until(lambda: second.mqtt.connected and sim.mac not in second._ledger, 5, "cleared")
     await second.mqtt.flush()
     retained = await aretained(mosquitto)
     assert [t for t in retained if mac_id in t] == []
+
+
+async def test_a_removal_while_the_broker_is_away_is_cleared_once_it_is_back(
+    gateway_factory: GatewayFactory, sim_world: SimWorld, mosquitto: Mosquitto
+) -> None:
+    """The clears of a device removed during a broker outage cannot be sent; they must not be lost."""
+    mosquitto.stop()  # with persistence: the retained configs must survive the outage
+    config = mosquitto.config_path.read_text()
+    mosquitto.config_path.write_text(
+        config.replace("persistence false", f"persistence true\npersistence_location {mosquitto.workdir}/")
+    )
+    mosquitto.start()
+    sim = sim_world.add("dcc")
+    mac_id = sim.mac.replace(":", "")
+    gateway = await gateway_factory()
+    answer = await gateway.processor.handle(
+        json.dumps({"command": "add_device", "mac_address": sim.mac, "type": "renogy_dcc"}).encode()
+    )
+    assert answer.status == "ok", answer
+    await wait_until(lambda: gateway.scheduler.workers[sim.mac].status == "online", 5)
+    await gateway.mqtt.flush()
+    assert any(mac_id in t for t in await aretained(mosquitto, "homeassistant/#"))
+
+    mosquitto.stop()
+    await wait_until(lambda: not gateway.mqtt.connected, 10, "disconnected")
+    answer = await gateway.processor.handle(json.dumps({"command": "remove_device", "mac_address": sim.mac}).encode())
+    assert answer.status == "ok", answer
+    assert sim.mac in gateway._ledger  # remembered: its clears could not be sent
+    mosquitto.start()
+    await wait_until(lambda: gateway.mqtt.connected and sim.mac not in gateway._ledger, 15, "cleared")
+    await gateway.mqtt.flush()
+    assert [t for t in await aretained(mosquitto) if mac_id in t] == []

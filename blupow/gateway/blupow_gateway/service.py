@@ -41,9 +41,8 @@ HA_DELAY_ENV = "BLUPOW_HA_BIRTH_DELAY"  # "min,max" seconds before republishing 
 DEVICES_INTERVAL = 5.0  # at most one stats-only republish of the device list per this many seconds
 HEARTBEAT_INTERVAL = 10.0
 # A republish waits above this many unacknowledged QoS 1 messages: with one device's configs
-# (at most ~100) on top it stays far below mqtt.MAX_QUEUED, beyond which paho drops messages...
+# (at most ~100) on top it stays far below mqtt.MAX_QUEUED, beyond which paho drops messages.
 REPUBLISH_HIGH_WATER = 1000
-REPUBLISH_WAIT = 30.0  # ...for at most this long before leaving the rest to the next polls
 OFFLINE = {"state": "offline"}
 ONLINE = {"state": "online"}
 
@@ -141,13 +140,13 @@ class Gateway:
         self._discovered: dict[str, tuple[Any, ...]] = {}
         self._ledger: dict[str, dict[str, Any]] = {}
         self._ledger_dirty = False
-        self._stale_cleared = False
         self._devices_dirty = False
         self._save_lock = asyncio.Lock()
         self._commands: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ha_republish: asyncio.Task[None] | None = None
         self._republish: asyncio.Task[None] | None = None
+        self._awaiting_republish: set[str] = set()  # MACs the running republish has not reached
         self._scanning = False
         self._stopped = False
 
@@ -418,21 +417,17 @@ class Gateway:
         for topic, payload in gateway_configs(t, self.version).items():
             self._publish_config(topic, payload, force=True)
         self._republish_devices()
-        if not self._stale_cleared:
-            self._stale_cleared = True
-            self._clear_stale()
+        self._clear_stale()
 
     def _republish_devices(self) -> None:
         """Every device's discovery, availability and state again, paced (a restart may repeat it)."""
         if self._republish is not None:
             self._republish.cancel()
-        # Nothing is known to be on the broker any more: a device the paced loop has
-        # not reached yet publishes in full from its next poll too.
-        self._discovered.clear()
-        for topics in self._device_topics.values():
-            for topic in topics:
-                self._published.pop(topic, None)
-        self._republish = asyncio.ensure_future(self._republish_paced(list(self.scheduler.workers.values())))
+        workers = list(self.scheduler.workers.values())
+        # Until the loop reaches them, polls of these devices publish their states only:
+        # their discovery would bypass the pacing (and be sent twice).
+        self._awaiting_republish = {w.mac for w in workers}
+        self._republish = asyncio.ensure_future(self._republish_paced(workers))
         self._republish.set_name("republish")
         self._tasks.add(self._republish)
         self._republish.add_done_callback(self._task_done)
@@ -445,13 +440,13 @@ class Gateway:
         until the next cycle. Pausing above a high-water mark keeps every one.
         """
         for worker in workers:
-            if self.mqtt.pending() >= REPUBLISH_HIGH_WATER and not await self.mqtt.wait_pending_below(
-                REPUBLISH_HIGH_WATER // 2, REPUBLISH_WAIT
-            ):
-                _LOGGER.warning("The broker acknowledges too slowly; the rest of the republish waits for a poll")
-                return
+            while self.mqtt.pending() >= REPUBLISH_HIGH_WATER:
+                if not self.mqtt.connected:
+                    return  # the next connection starts again from the first device
+                await self.mqtt.wait_pending_below(REPUBLISH_HIGH_WATER // 2, 1.0)
             if not self.mqtt.connected:
-                return  # the next connection starts again from the first device
+                return
+            self._awaiting_republish.discard(worker.mac)
             if self.scheduler.workers.get(worker.mac) is not worker:
                 continue  # removed meanwhile
             self._publish_discovery(worker, force=True)
@@ -644,6 +639,8 @@ class Gateway:
         mac = worker.mac
         if worker.device is None:
             return
+        if not force and mac in self._awaiting_republish:
+            return  # the paced republish will publish it (with whatever changed meanwhile)
         values = self._discovery_values(worker)
         inputs = config_inputs(worker.record, worker.device, values)
         if not force and self._discovered.get(mac) == inputs:
@@ -680,31 +677,48 @@ class Gateway:
             self._ledger[worker.mac] = new
             self._ledger_dirty = True
 
-    def _clear_device(self, mac: str, worker: DeviceWorker | None) -> None:
-        """Empty retained payloads on every discovery, state and availability topic of ``mac``."""
+    def _clear_device(self, mac: str, worker: DeviceWorker | None) -> bool:
+        """Empty retained payloads on every discovery, state and availability topic of ``mac``.
+
+        Returns whether every clear was handed to the broker connection. If one was
+        not (broker away, queue full), the device stays in the ledger with all its
+        topics, so that ``_clear_stale`` tries again: a removed device must not
+        keep entities in Home Assistant.
+        """
         topics = set(self._device_topics.pop(mac, set()))
         self._discovered.pop(mac, None)
+        self._awaiting_republish.discard(mac)
         topics |= set(self._ledger.get(mac, {}).get("topics", []))
         if worker is not None and worker.device is not None:
             values = worker.values or self._ledger.get(mac, {}).get("values", {})
             topics |= set(device_configs(self.topics, worker.record, worker.device, values, self.version))
+        delivered = True
         for topic in sorted(topics):
-            self.mqtt.publish(topic, None, qos=1, retain=True)
+            delivered &= self.mqtt.publish(topic, None, qos=1, retain=True)
             self._published.pop(topic, None)
-        self.mqtt.publish(self.topics.device_state(mac), None, qos=1, retain=True)
-        self.mqtt.publish(self.topics.availability(mac), None, qos=1, retain=True)
-        if self._ledger.pop(mac, None) is not None:
+        delivered &= self.mqtt.publish(self.topics.device_state(mac), None, qos=1, retain=True)
+        delivered &= self.mqtt.publish(self.topics.availability(mac), None, qos=1, retain=True)
+        if delivered:
+            if self._ledger.pop(mac, None) is not None:
+                self._ledger_dirty = True
+        else:
+            self._ledger[mac] = {"topics": sorted(topics), "values": {}}
             self._ledger_dirty = True
+        return delivered
 
     def _clear_stale(self) -> None:
-        """Devices that vanished while the gateway was down (e.g. removed from the options)."""
+        """Entities of devices no longer configured: removed while the gateway was down (e.g. from
+        the options), or whose clearing could not be sent. Runs on every connection and every few
+        seconds while connected; nothing to do is the usual case."""
         for mac in [m for m in self._ledger if m not in self.scheduler.workers]:
-            _LOGGER.info("Clearing the Home Assistant entities of %s (no longer configured)", mac)
-            self._clear_device(mac, None)
+            if self._clear_device(mac, None):
+                _LOGGER.info("Cleared the Home Assistant entities of %s (no longer configured)", mac)
 
     async def _ledger_loop(self) -> None:
         while True:
             await asyncio.sleep(2.0)
+            if self.mqtt.connected:
+                self._clear_stale()
             await self._flush_ledger()
 
     async def _flush_ledger(self) -> None:
