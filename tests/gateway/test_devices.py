@@ -8,6 +8,7 @@ offset or encoding in a driver fails here.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -665,6 +666,87 @@ def test_generic_modbus_custom_uuids() -> None:
     device = create_device("generic_modbus", config=config)
     assert device.gatt.write_service == "0000ffe0-0000-1000-8000-00805f9b34fb"
     assert device.gatt.notify_char == "0000fff1-0000-1000-8000-00805f9b34fb"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        # the issue: 1e308 passed validation and the state then held Infinity
+        ("scale", 1e308, 'fields[2] "energy": scale 1e+308 is out of range (allowed 1e-09 … 1e+09)'),
+        ("scale", 2e9, 'fields[2] "energy": scale 2e+09 is out of range (allowed 1e-09 … 1e+09)'),
+        ("scale", 1e-10, 'fields[2] "energy": scale 1e-10 is out of range (allowed 1e-09 … 1e+09)'),
+        ("scale", 0, 'fields[2] "energy": scale 0 is out of range (allowed 1e-09 … 1e+09)'),
+        ("scale", -0.1, 'fields[2] "energy": scale -0.1 is out of range (allowed 1e-09 … 1e+09)'),
+        ("scale", 10**400, 'fields[2] "energy": scale 1e+308 or more is out of range'),  # a JSON integer literal
+        ("offset", -1e308, 'fields[2] "energy": offset -1e+308 is out of range (allowed -1e+09 … 1e+09)'),
+        ("offset", 1.5e9, 'fields[2] "energy": offset 1.5e+09 is out of range (allowed -1e+09 … 1e+09)'),
+    ],
+    ids=["1e308", "too-large", "too-small", "zero", "negative", "huge-integer", "offset-1e308", "offset-too-large"],
+)
+def test_generic_modbus_refuses_scale_and_offset_out_of_range(key: str, value: float, message: str) -> None:
+    import copy
+
+    config = copy.deepcopy(GENERIC)
+    config["fields"][2][key] = value
+    with pytest.raises(ConfigError) as info:
+        create_device("generic_modbus", config=config)
+    assert str(info.value).startswith(f"generic_modbus config: {message}")
+
+
+def test_generic_modbus_bounds_match_the_schema() -> None:
+    """The schema carries the same bounds for editors; the driver checks them first to name the field."""
+    from blupow_gateway.devices.generic_modbus import OFFSET_RANGE, SCALE_RANGE
+    from blupow_gateway.schema import load_schema
+
+    props = load_schema("generic_modbus")["properties"]["fields"]["items"]["properties"]
+    assert (props["scale"]["minimum"], props["scale"]["maximum"]) == SCALE_RANGE
+    assert (props["offset"]["minimum"], props["offset"]["maximum"]) == OFFSET_RANGE
+
+
+@pytest.mark.parametrize("enc", ["u16", "s16", "u32", "s32", "u8_hi", "u8_lo", "sign_magnitude", "sign_magnitude_lo"])
+@pytest.mark.parametrize(("scale", "offset"), [(1e9, 1e9), (1e9, -1e9), (1e-9, 0.5), (1e-9, -1e9)])
+def test_generic_modbus_extreme_allowed_configs_decode_finite(enc: str, scale: float, offset: float) -> None:
+    """At the bounds, the largest raw values of every numeric type still give finite JSON numbers."""
+    import json
+
+    config = {
+        "blocks": [{"start": 0, "count": 2}],
+        "fields": [{"key": "x", "register": 0, "type": enc, "scale": scale, "offset": offset}],
+    }
+    device = create_device("generic_modbus", config=config)
+    for words in ([0xFFFF, 0xFFFF], [0x7FFF, 0xFFFF], [0x8000, 0], [0, 0]):
+        value = device.decode({0: words[0], 1: words[1]})["x"]
+        assert math.isfinite(value)
+        json.dumps(value, allow_nan=False)
+
+
+class _Overflowing(BaseDevice):
+    """A table no validated config can produce (scale 1e308), to test the decoder's own guard."""
+
+    abstract = True  # not a driver
+    fields = (
+        Field("int_path", 0, scale=1e308),  # integral result: int(inf) raised OverflowError
+        Field("float_path", 1, scale=1e308, offset=0.5),  # rounded result: was published as Infinity
+        Field("negative", 2, Enc.S16, scale=1e308, offset=0.5),  # -Infinity
+        Field("cells", 3, Enc.ARRAY_U16, scale=1e308, offset=0.5, count_register=5, max_items=2),
+        Field("fine", 6),
+        Field("ratio", None, compute=lambda v: v["fine"] * math.inf),
+        Field("undefined", None, compute=lambda v: math.inf - math.inf),  # NaN
+        Field("derived", None, compute=lambda v: v["fine"] / 4),
+    )
+
+
+def test_a_non_finite_decoded_value_is_dropped_like_a_missing_one() -> None:
+    import json
+
+    device = _Overflowing()
+    regs = {0: 5, 1: 5, 2: 0xFFFB, 3: 1, 4: 7, 5: 2, 6: 10}
+    values = device.decode(regs)
+    assert values == {"fine": 10, "derived": 2.5}
+    json.dumps(values, allow_nan=False)
+    # a raw value that keeps it finite is still decoded: the guard is on the value, not the field
+    assert set(device.decode({0: 1, 1: 0, 6: 10})) == {"int_path", "float_path", "fine", "derived"}
+    assert device.fields[1].decode({1: 5}) is None  # direct callers (cli decode) get the same answer
 
 
 def test_base_device_is_abstract() -> None:

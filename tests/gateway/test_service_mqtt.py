@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -33,6 +34,39 @@ def test_encode() -> None:
     assert encode(None) == b""
     assert encode("online") == b"online"
     assert encode({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_encode_refuses_non_finite_numbers(number: float) -> None:
+    """Python's json writes NaN/Infinity, which is not JSON: Home Assistant would reject the state."""
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode({"pv_power": number})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode({"cells": [3.3, number]})
+
+
+async def test_a_non_finite_payload_is_refused_not_published(
+    mosquitto: Mosquitto, mqtt_recorder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = mqtt_recorder()
+    client = MqttClient(broker(mosquitto), client_id="t7", will=WILL)
+    await client.start()
+    await wait_until(lambda: client.connected, 10)
+    with caplog.at_level(logging.ERROR, logger="blupow_gateway.mqtt"):
+        assert client.publish("test/bad", {"pv_power": math.inf}, qos=1, retain=True) is False
+        assert client.publish("test/bad", {"x": math.nan}, qos=1, queue_offline=True) is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "Not publishing to test/bad: the payload holds NaN or Infinity, which is not JSON"
+    ] * 2
+    # the client carries on: the next message goes out, the refused ones never did
+    assert client.publish("test/good", {"pv_power": 1.5}, qos=1)
+    assert (await recorder.await_topic("test/good", 5)).json() == {"pv_power": 1.5}
+    assert recorder.on("test/bad") == []
+    # the last messages at shutdown go through the same check
+    await client.stop(last=[("test/last", {"x": -math.inf}, 1, True), ("test/gw/state", {"state": "offline"}, 1, True)])
+    retained = await aretained(mosquitto, "test/#")
+    assert "test/last" not in retained and "test/bad" not in retained
+    assert json.loads(retained["test/gw/state"]) == {"state": "offline"}
 
 
 async def test_connect_publish_subscribe_and_last_will(mosquitto: Mosquitto, mqtt_recorder: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from blupow_gateway.store import (
     SCHEMA_VERSION,
     DeviceRecord,
     DeviceStore,
+    NotJSONError,
+    PublishedLedger,
     StoredState,
     atomic_write_json,
     merge,
@@ -77,6 +80,47 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir()] == ["devices.json"]
 
 
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_atomic_write_refuses_non_finite_numbers(tmp_path: Path, number: float) -> None:
+    """NaN/Infinity would be written as bare words that are not JSON; the old file stays instead."""
+    path = tmp_path / "published.json"
+    atomic_write_json(path, {"old": True})
+    with pytest.raises(OSError, match=r"not writing published\.json: Out of range float") as info:
+        atomic_write_json(path, {"devices": {"AA:BB:CC:DD:EE:01": {"values": {"cells": [3.3, number]}}}})
+    # an OSError, so every writer's existing "could not write" path applies (logged, change refused)
+    assert isinstance(info.value, NotJSONError)
+    assert json.loads(path.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["published.json"]
+
+
+def test_ledger_values_that_are_not_finite_are_dropped_on_load(tmp_path: Path) -> None:
+    """An older gateway could leave Infinity in published.json; keeping it would make every later save fail."""
+    (tmp_path / "published.json").write_text(
+        '{"schema_version": 1, "devices": {"AA:BB:CC:DD:EE:01": {"topics": ["t/1"], '
+        '"values": {"model": "RNG-CTRL-RVR40", "cells": [3.3, Infinity], "power": NaN}}}}'
+    )
+    ledger = PublishedLedger(tmp_path)
+    loaded = ledger.load()
+    assert loaded == {"AA:BB:CC:DD:EE:01": {"topics": ["t/1"], "values": {"model": "RNG-CTRL-RVR40"}}}
+    ledger.save(loaded)
+    assert ledger.load() == loaded
+
+
+def test_a_stored_config_holding_nan_is_rejected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a hand-edited file: json.loads reads the bare NaN
+    field = '{"key": "x", "register": 1, "type": "u16", "scale": NaN}'
+    config = f'{{"blocks": [{{"start": 1, "count": 1}}], "fields": [{field}]}}'
+    good = '{"mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_dcc", "name": "Good"}'
+    edited = f'{{"mac_address": "AA:BB:CC:DD:EE:02", "type": "generic_modbus", "name": "Edited", "config": {config}}}'
+    (tmp_path / "devices.json").write_text(f'{{"schema_version": 1, "devices": [{good}, {edited}]}}')
+    with caplog.at_level(logging.ERROR):
+        state = DeviceStore(tmp_path).load()
+    assert [r.name for r in state.devices] == ["Good"]
+    assert "AA:BB:CC:DD:EE:02: config holds NaN or Infinity, which is not JSON" in caplog.text
+    assert len(list(tmp_path.glob("devices.json.rejected-*"))) == 1
+    DeviceStore(tmp_path).save(state.devices, state.overrides)  # what is kept can be written back
+
+
 def test_a_stray_temporary_file_from_a_crash_is_removed(tmp_path: Path) -> None:
     store = DeviceStore(tmp_path)
     store.save([record("AA:BB:CC:DD:EE:01")], {})
@@ -126,6 +170,23 @@ def test_bad_records_are_skipped_and_the_original_kept(tmp_path: Path, caplog: p
     assert json.loads(kept.read_text()) == raw
     assert "Ignored 4 unusable entries" in caplog.text
     assert "invalid modbus_id 300" in caplog.text
+
+
+def test_a_record_nested_too_deeply_is_rejected_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hand-edited config 600 levels deep: json reads it, copying it would overflow the stack."""
+    deep = '{"a":' * 600 + "1" + "}" * 600
+    text = (
+        '{"schema_version": 1, "devices": ['
+        '{"mac_address": "AA:BB:CC:DD:EE:01", "type": "generic_modbus", "name": "Deep", "config": ' + deep + "},"
+        '{"mac_address": "AA:BB:CC:DD:EE:02", "type": "renogy_dcc", "name": "Good"}]}'
+    )
+    (tmp_path / "devices.json").write_text(text)
+    with caplog.at_level(logging.ERROR):
+        state = DeviceStore(tmp_path).load()
+    assert [r.name for r in state.devices] == ["Good"]
+    (kept,) = list(tmp_path.glob("devices.json.rejected-*"))
+    assert kept.read_text() == text
+    assert "AA:BB:CC:DD:EE:01: nested too deeply" in caplog.text
 
 
 def test_version_0_bare_list_and_newer_versions_are_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

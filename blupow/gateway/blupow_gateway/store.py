@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from .devices.base import is_finite
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -125,6 +128,9 @@ def record_from_json(data: Any) -> DeviceRecord:
     config = data.get("config")
     if config is not None and not isinstance(config, Mapping):
         raise RecordError(f"{normal}: invalid config")
+    if config is not None and not is_finite(config):
+        # json.loads reads NaN/Infinity; such a record could never be saved again
+        raise RecordError(f"{normal}: config holds NaN or Infinity, which is not JSON")
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise RecordError(f"{normal}: invalid enabled {enabled!r}")
@@ -150,11 +156,32 @@ class StoredState:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+class NotJSONError(OSError):
+    """Data holding NaN or ±Infinity, refused before anything is written.
+
+    An OSError on purpose: every writer already handles "could not write this
+    file" (log it, keep the old file, refuse the change), which is the right
+    outcome here too, and the gateway must not stop over it.
+    """
+
+
+def _to_json(path: Path, data: Any) -> str:
+    try:
+        # allow_nan=False: Python would write NaN/Infinity, which is not JSON
+        # (strict readers such as jq or JavaScript's JSON.parse refuse the file)
+        return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise NotJSONError(errno.EINVAL, f"not writing {path.name}: {exc}") from None
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole."""
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
+
+    Raises :class:`NotJSONError` (an OSError) for a NaN or ±Infinity, leaving the old file.
+    """
+    text = _to_json(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -255,6 +282,10 @@ class DeviceStore:
                 record = record_from_json(item)
             except RecordError as exc:
                 rejected.append(str(exc))
+                continue
+            except RecursionError:  # a hand-edited config nested hundreds deep: that record only
+                mac = item.get("mac_address") if isinstance(item, Mapping) else None
+                rejected.append(f"{mac if isinstance(mac, str) else 'a record'}: nested too deeply")
                 continue
             if record.mac_address in seen:
                 rejected.append(f"{record.mac_address}: listed twice")
@@ -449,7 +480,10 @@ class PublishedLedger:
                 continue
             topics = [t for t in entry.get("topics", []) if isinstance(t, str)]
             values = entry.get("values", {})
-            ledger[normal] = {"topics": topics, "values": dict(values) if isinstance(values, Mapping) else {}}
+            # json.loads reads NaN/Infinity, which older versions could write here; keeping them
+            # would make every later save fail (atomic_write_json refuses them)
+            values = {k: v for k, v in values.items() if is_finite(v)} if isinstance(values, Mapping) else {}
+            ledger[normal] = {"topics": topics, "values": values}
         return ledger
 
     def save(self, ledger: Mapping[str, Mapping[str, Any]]) -> None:

@@ -14,7 +14,8 @@ A driver is a subclass of :class:`BaseDevice` that declares
 Decoding works on a ``{register: word}`` map, so the same table decodes a full
 poll, a single pasted frame or any subset of blocks: a field is produced only
 when every register it needs was read. A field that cannot be decoded is left
-out, never published as 0.
+out, never published as 0; so is one whose value is not a finite number (NaN,
+±Infinity), which JSON cannot carry.
 """
 
 from __future__ import annotations
@@ -122,7 +123,11 @@ class Field:
         return not self.variants or variant in self.variants
 
     def decode(self, regs: Mapping[int, int]) -> Any:
-        """Decode this field from ``regs``; return None if registers are missing."""
+        """Decode this field from ``regs``; None if registers are missing or the value is not finite."""
+        value = self._decode(regs)
+        return value if is_finite(value) else None
+
+    def _decode(self, regs: Mapping[int, int]) -> Any:
         if self.register is None:
             return None
         if self.enc in (Enc.ARRAY_U16, Enc.ARRAY_S16):
@@ -150,6 +155,8 @@ class Field:
 
     def scaled(self, raw: float) -> int | float:
         value = raw * self.scale + self.offset
+        if not math.isfinite(value):
+            return value  # int() and round() would raise; decode() drops it as unreadable
         digits = _decimals(self.scale)
         if digits == 0 and float(self.offset).is_integer():
             return int(value)
@@ -194,6 +201,26 @@ def humanise(key: str) -> str:
     words = [_ACRONYMS.get(w, w) for w in key.split("_")]
     first = words[0] if words[0].isupper() else words[0].capitalize()
     return " ".join([first, *words[1:]])
+
+
+def is_finite(value: Any) -> bool:
+    """False for a float that is NaN or ±Infinity, or a list or mapping holding one.
+
+    JSON has no such numbers (``json.dumps`` would write ``NaN``/``Infinity``,
+    which Home Assistant and every strict parser refuse), so such a value is
+    treated like an unreadable one: left out of the values, never published.
+    Iterative, so a deeply nested hand-edited config cannot exhaust the stack.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, Mapping):
+            pending.extend(item.values())
+    return True
 
 
 def _decimals(scale: float) -> int:
@@ -436,6 +463,8 @@ class BaseDevice:
                 value = f.compute(values)
             except (KeyError, TypeError, ValueError, ZeroDivisionError):
                 value = None
+            if not is_finite(value):
+                continue  # e.g. a ratio of huge numbers: no JSON for it, so no value
             if isinstance(value, float):
                 value = round(value, 3 if f.precision is None else f.precision)
             if value is not None:

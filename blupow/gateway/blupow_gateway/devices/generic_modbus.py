@@ -17,6 +17,16 @@ from .base import BaseDevice, Block, Category, Enc, Field, GattProfile
 
 PREFIX = "generic_modbus config"
 
+# value = raw × scale + offset, with raw at most 32 bits (|raw| < 2**32). With these bounds
+# the largest value is about 4.3e18: always finite, and a config cannot ask for absurd
+# numbers (``scale: 1e308`` overflowed to Infinity, which is not JSON). 1e-9 is finer than
+# any register resolution (nano-units) and keeps the decimals derived from it at 9 at most;
+# 1e9 covers any unit conversion (e.g. GWh counted in Wh). The schema carries the same
+# bounds for editors; they are checked here first so the message can name the field.
+SCALE_RANGE = (1e-9, 1e9)
+OFFSET_RANGE = (-1e9, 1e9)
+_RANGES = {"scale": SCALE_RANGE, "offset": OFFSET_RANGE}
+
 _ENCODINGS = {
     "u16": Enc.U16,
     "s16": Enc.S16,
@@ -71,12 +81,43 @@ def _field(index: int, spec: Mapping[str, Any]) -> Field:
     )
 
 
+def _show(number: float) -> str:
+    """``1e+308``; an integer typed out beyond float range only by its sign and size."""
+    try:
+        return f"{number:g}"
+    except OverflowError:  # e.g. a 400-digit integer literal, which JSON allows
+        return "-1e+308 or less" if number < 0 else "1e+308 or more"
+
+
+def _check_ranges(config: Mapping[str, Any]) -> None:
+    """Refuse a scale or offset outside its range, naming the field by index and key.
+
+    Runs before the schema check and skips whatever the schema will report
+    (wrong types, missing keys), so that only the range rule speaks here.
+    """
+    fields = config.get("fields")
+    if not isinstance(fields, list):
+        return
+    for index, spec in enumerate(fields):
+        if not isinstance(spec, Mapping):
+            continue
+        key = spec.get("key")
+        label = f"fields[{index}]" + (f' "{key[:48]}"' if isinstance(key, str) else "")  # longer keys are invalid
+        for name, (low, high) in _RANGES.items():
+            value = spec.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+                raise ConfigError(
+                    f"{PREFIX}: {label}: {name} {_show(value)} is out of range (allowed {_show(low)} … {_show(high)})"
+                )
+
+
 def build(config: Mapping[str, Any]) -> tuple[tuple[Block, ...], tuple[Field, ...]]:
     """Validate ``config`` and build the read plan and field table from it."""
     try:
         config = clean(config)
     except InputError as exc:
         raise ConfigError(f"{PREFIX}: {exc}") from None
+    _check_ranges(config)
     validate("generic_modbus", config, PREFIX)
     blocks = tuple(
         Block(
