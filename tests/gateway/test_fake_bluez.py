@@ -451,6 +451,34 @@ async def test_two_scans_from_one_process_collide_like_bluez(fake_bluez: FakeBlu
         with pytest.raises(BleakDBusError, match="InProgress"):
             await BleakScanner.find_device_by_address(sim.mac, timeout=0.2)
     assert fake_bluez.stats.discovery_starts == 1
+    assert fake_bluez.stats.discovery_refusals == 1
+
+
+async def test_another_dbus_client_discovers_alongside_like_bluez(
+    fake_bluez: FakeBlueZ, private_dbus: PrivateBus
+) -> None:
+    # The limit is per D-Bus client, not per adapter: another connection (another
+    # process) joins the running discovery, and stopping one leaves the other.
+    other = await MessageBus(bus_address=private_dbus.address).connect()
+
+    async def adapter_call(member: str) -> Message:
+        reply = await other.call(
+            Message(destination="org.bluez", path="/org/bluez/hci0", interface="org.bluez.Adapter1", member=member)
+        )
+        assert reply is not None
+        return reply
+
+    try:
+        async with BleakScanner():
+            assert (await adapter_call("StartDiscovery")).message_type is MessageType.METHOD_RETURN
+            second = await adapter_call("StartDiscovery")
+            assert second.message_type is MessageType.ERROR and second.error_name == "org.bluez.Error.InProgress"
+        assert len(fake_bluez.discovery_sessions) == 1  # bleak stopped only its own
+        assert (await adapter_call("StopDiscovery")).message_type is MessageType.METHOD_RETURN
+    finally:
+        other.disconnect()
+    assert not fake_bluez.discovery_sessions
+    assert (fake_bluez.stats.discovery_starts, fake_bluez.stats.discovery_refusals) == (2, 1)
 
 
 async def test_adapter_powered_off_fails_scans_clearly(fake_bluez: FakeBlueZ) -> None:

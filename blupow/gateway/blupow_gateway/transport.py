@@ -3,7 +3,8 @@
 One :class:`BleLink` talks to one BLE module (which may front several Modbus
 slaves on an RS-485 bus). It
 
-* finds the module by address and connects through ``bleak-retry-connector``,
+* finds the module by address and connects through ``bleak-retry-connector``;
+  finding takes turns with :func:`scan` (:func:`discovery_lock`),
 * resolves the request characteristic (``ffd1`` inside service ``ffd0``) and
   the reply characteristic (``fff1`` inside ``fff0``) by service, UUID *and*
   property, and then uses those characteristic objects (i.e. their handles):
@@ -28,8 +29,9 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -49,6 +51,7 @@ ONE_CENTRAL_HINT = (
     "(Renogy ONE, another gateway) using it"
 )
 WRITE_RETRIES = 3  # org.bluez.Error.InProgress is transient
+DISCOVERY_GRACE = 5.0  # seconds a cancelled scan still gets to start/stop cleanly (see _discovering)
 
 
 class TransportError(Exception):
@@ -124,6 +127,60 @@ def discovery_lock() -> asyncio.Lock:
     return lock
 
 
+async def _complete(coro: Coroutine[Any, Any, None]) -> None:
+    """Await ``coro`` to its end even if we are cancelled meanwhile, then re-raise the cancellation.
+
+    For the D-Bus calls that start and stop discovery: one abandoned half way
+    leaves BlueZ in a state bleak does not know about (see :func:`_discovering`).
+    After a cancellation it gets ``DISCOVERY_GRACE`` seconds; a second
+    cancellation gives up at once. Either way the cancellation is re-raised.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            await asyncio.wait({task}, timeout=DISCOVERY_GRACE)
+        finally:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # mark it retrieved: the cancellation is what the caller gets
+        raise
+
+
+async def _stop_quietly(scanner: BleakScanner) -> None:
+    try:
+        await scanner.stop()  # a no-op if it never started
+    except (BleakError, EOFError, OSError) as exc:
+        # What was found stands. If BlueZ kept the session, the next scan or
+        # find reports InProgress with describe_error's explanation.
+        _LOGGER.warning("could not stop scanning: %s", describe_error(exc))
+
+
+@contextlib.asynccontextmanager
+async def _discovering(scanner: BleakScanner) -> AsyncIterator[None]:
+    """Hold the discovery lock and run ``scanner`` for the body of the ``async with``.
+
+    The lock is taken before the scanner starts and released only after it
+    stopped, on every path (errors in start or body, cancellation). Start and
+    stop are completed even when the caller is cancelled meanwhile
+    (:func:`_complete`): bleak shares one D-Bus connection per event loop, so a
+    StartDiscovery whose reply nobody waited for would leave a discovery session
+    that nothing ever stops, and every later scan or find in this process would
+    fail with ``org.bluez.Error.InProgress``. Errors from starting (``BleakError``)
+    propagate; errors from stopping are logged.
+    """
+    async with discovery_lock():
+        try:
+            await _complete(scanner.start())
+            yield
+        finally:
+            # Also after a failed or cancelled start: if BlueZ accepted the
+            # StartDiscovery after all, it must be matched by a stop.
+            await _complete(_stop_quietly(scanner))
+
+
 def describe_error(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
@@ -188,6 +245,14 @@ class BleLink:
         return self._client is not None and self._client.is_connected and not self._lost
 
     async def _find(self) -> BLEDevice:
+        """Scan until the module advertises; raises DeviceNotFound after the find timeout.
+
+        The scan takes its turn on :func:`discovery_lock` (a concurrent ``scan``
+        command would otherwise collide with it in BlueZ). The find timeout starts
+        once the lock is ours: waiting behind a scan, which is bounded by its own
+        length, must not turn into "not found". The wait itself is not bounded
+        here; callers bound the whole connect (the scheduler's connect guard).
+        """
         timeout = self.options.find_timeout or self.options.connect_timeout
         found: dict[str, tuple[BLEDevice, AdvertisementData]] = {}
         event = asyncio.Event()
@@ -198,22 +263,23 @@ class BleLink:
                 event.set()
 
         scanner = BleakScanner(on_advert, bluez=_bluez_args(self.options.adapter))  # type: ignore[arg-type]
+        if discovery_lock().locked():
+            _LOGGER.debug("%s: waiting for another scan on the adapter to finish", self.address)
         try:
-            await scanner.start()
-        except BleakError as exc:
+            async with _discovering(scanner):
+                try:
+                    async with asyncio.timeout(timeout):
+                        await event.wait()
+                except TimeoutError:
+                    if "hit" not in found:  # an advertisement may land just as the time runs out
+                        raise DeviceNotFound(
+                            f"{self.address} not found within {timeout:g} s: it is out of range, powered off, "
+                            f"or connected to another central ({ONE_CENTRAL_HINT})"
+                        ) from None
+        except BleakError as exc:  # only starting the scanner raises it (stop errors are logged)
             raise ConnectFailed(
                 f"could not scan on {self.options.adapter or 'the default adapter'}: {describe_error(exc)}"
             ) from exc
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            raise DeviceNotFound(
-                f"{self.address} not found within {timeout:g} s: it is out of range, powered off, or "
-                f"connected to another central ({ONE_CENTRAL_HINT})"
-            ) from None
-        finally:
-            with contextlib.suppress(BleakError, OSError):
-                await scanner.stop()
         ble_device, adv = found["hit"]
         self.rssi = adv.rssi
         self.name = adv.local_name or ble_device.name
@@ -254,17 +320,15 @@ class BleLink:
         try:
             # connect_timeout bounds the whole attempt, retries included:
             # bleak-retry-connector passes its own fixed timeout to each try.
-            client = await asyncio.wait_for(
-                establish_connection(
+            async with asyncio.timeout(self.options.connect_timeout):
+                client = await establish_connection(
                     BleakClient,
                     ble_device,
                     self.name or self.address,
                     disconnected_callback=self._on_disconnect,
                     max_attempts=3,
                     bluez=_bluez_args(self.options.adapter),
-                ),
-                self.options.connect_timeout,
-            )
+                )
         except TimeoutError as exc:
             raise ConnectFailed(
                 f"could not connect to {self.address} within {self.options.connect_timeout:g} s "
@@ -332,7 +396,8 @@ class BleLink:
         if char is None:
             return
         with contextlib.suppress(BleakError, EOFError, OSError, TimeoutError):
-            await asyncio.wait_for(client.read_gatt_char(char), self.options.request_timeout)
+            async with asyncio.timeout(self.options.request_timeout):
+                await client.read_gatt_char(char)
 
     def _on_disconnect(self, _client: BleakClient) -> None:
         self._lost = True
@@ -346,7 +411,8 @@ class BleLink:
         if client is None:
             return
         with contextlib.suppress(BleakError, EOFError, OSError, TimeoutError, AttributeError):
-            await asyncio.wait_for(client.disconnect(), 10)
+            async with asyncio.timeout(10):
+                await client.disconnect()
 
     async def disconnect(self) -> None:
         async with self._lock:
@@ -372,10 +438,8 @@ class BleLink:
         for attempt in range(WRITE_RETRIES):
             try:
                 # bleak retries org.bluez.Error.InProgress itself without limit: bound it
-                await asyncio.wait_for(
-                    self._client.write_gatt_char(self._write_char, frame, response=response),
-                    self.options.request_timeout,
-                )
+                async with asyncio.timeout(self.options.request_timeout):
+                    await self._client.write_gatt_char(self._write_char, frame, response=response)
                 return
             except TimeoutError as exc:
                 raise LinkLost(
@@ -401,8 +465,9 @@ class BleLink:
             self._reply = loop.create_future()
             self.stats.requests += 1
             try:
-                await self._write(request.frame)
-                frame = await asyncio.wait_for(self._reply, self.options.request_timeout)
+                await self._write(request.frame)  # its own timeout raises LinkLost, not TimeoutError
+                async with asyncio.timeout(self.options.request_timeout):
+                    frame = await self._reply
             except TimeoutError:
                 self.stats.timeouts += 1
                 # The reply may still arrive and would be mistaken for the next
@@ -460,8 +525,11 @@ async def scan(seconds: float = 5.0, adapter: str | None = "hci0") -> list[ScanR
         )
 
     scanner = BleakScanner(on_advert, bluez=_bluez_args(adapter))  # type: ignore[arg-type]
+    if discovery_lock().locked():
+        _LOGGER.debug("scan: waiting for a device search on the adapter to finish")
     try:
-        async with discovery_lock(), scanner:
+        # ``seconds`` of listening start once it is our turn (see BleLink._find).
+        async with _discovering(scanner):
             await asyncio.sleep(seconds)
     except BleakError as exc:
         raise TransportError(f"scan failed on {adapter or 'the default adapter'}: {describe_error(exc)}") from exc

@@ -279,6 +279,7 @@ class FakeStats:
     connections: int = 0  # devices connected right now
     max_simultaneous_connections: int = 0
     discovery_starts: int = 0
+    discovery_refusals: int = 0  # StartDiscovery answered InProgress (that sender was already discovering)
     calls: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=2000))
 
     def as_dict(self) -> dict[str, Any]:
@@ -286,6 +287,7 @@ class FakeStats:
             "connections": self.connections,
             "max_simultaneous_connections": self.max_simultaneous_connections,
             "discovery_starts": self.discovery_starts,
+            "discovery_refusals": self.discovery_refusals,
         }
 
 
@@ -1014,6 +1016,10 @@ class FakeBlueZ:
         self.adapter_path = f"/org/bluez/{adapter}"
         self.adapter_address = adapter_address
         self.adv_interval = adv_interval
+        # Real BlueZ answers StartDiscovery only once the controller is scanning
+        # (a round trip to the kernel); a delay here lets tests cancel a caller
+        # while its StartDiscovery is pending. The session exists from the call on.
+        self.discovery_start_delay = 0.0
         self.powered = True
         self.stats = FakeStats()
         self.peripherals: dict[str, FakePeripheral] = {}
@@ -1240,6 +1246,19 @@ class FakeBlueZ:
             return False
         self.caller = msg.sender or ""
         self.stats.calls.append((time.monotonic(), msg.path or "", f"{msg.interface}.{msg.member}"))
+        if (
+            msg.interface == ADAPTER_IFACE
+            and msg.member == "StartDiscovery"
+            and msg.path == self.adapter_path
+            and self.discovery_start_delay > 0
+        ):
+            try:
+                self.start_discovery(self.caller)
+            except DBusError as exc:
+                self.reply_error(msg, exc.type, exc.text)
+            else:
+                self.loop.call_later(self.discovery_start_delay, self.reply, msg)
+            return True
         if msg.interface == DEVICE_IFACE and msg.member in ("Connect", "Pair"):
             peripheral = self._by_path(msg.path or "")
             if peripheral is None or not peripheral.exported:
@@ -1270,6 +1289,9 @@ class FakeBlueZ:
         if not self.powered:
             raise DBusError(ERR_NOT_READY, "Resource Not Ready")
         if sender in self.discovery_sessions:
+            # BlueZ (adapter.c start_discovery) keeps one session per D-Bus client
+            # and answers btd_error_busy to a second one; other clients just join.
+            self.stats.discovery_refusals += 1
             raise DBusError(ERR_IN_PROGRESS, "Operation already in progress")
         was = bool(self.discovery_sessions)
         self.discovery_sessions[sender] = _DiscoverySession(self._filters.get(sender, frozenset()))
