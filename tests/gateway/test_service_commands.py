@@ -179,6 +179,18 @@ async def test_add_device_with_every_optional_field(
     [
         ({"mac_address": "xyz", "type": "renogy_inverter"}, "invalid MAC address 'xyz'"),
         ({"mac_address": "D8:B6:73:BF:4F", "type": "renogy_inverter"}, "invalid MAC address 'D8:B6:73:BF:4F'"),
+        (
+            {"mac_address": " D8:B6:73:BF:4F:75", "type": "renogy_inverter"},
+            "invalid MAC address ' D8:B6:73:BF:4F:75': remove the spaces or line breaks around it",
+        ),
+        (
+            {"mac_address": "D8:B6:73:BF:4F:75\n", "type": "renogy_inverter"},
+            "invalid MAC address 'D8:B6:73:BF:4F:75\\n': remove the spaces or line breaks around it",
+        ),
+        (
+            {"mac_address": "\tD8:B6:73:BF:4F:75", "type": "renogy_inverter"},
+            "invalid MAC address '\\tD8:B6:73:BF:4F:75': remove the spaces or line breaks around it",
+        ),
         ({"mac_address": "D8:B6:73:BF:4F:75", "type": "foo"}, f"unknown type 'foo' (known: {KNOWN_TYPES})"),
         ({"mac_address": "D8:B6:73:BF:4F:75"}, "type is required"),
         ({"type": "renogy_inverter"}, "mac_address is required"),
@@ -219,6 +231,20 @@ async def test_add_device_with_every_optional_field(
                 },
             },
             "generic_modbus config: fields[2].scale must be a number",
+        ),
+        (
+            {
+                "mac_address": "D8:B6:73:BF:4F:75",
+                "type": "generic_modbus",
+                "config": {
+                    **GENERIC_CONFIG,
+                    "fields": [
+                        *GENERIC_CONFIG["fields"],
+                        {"key": "pv_power", "register": 0x101, "type": "u16", "scale": 1e308},
+                    ],
+                },
+            },
+            'generic_modbus config: fields[2] "pv_power": scale 1e+308 is out of range (allowed 1e-09 … 1e+09)',
         ),
         (
             {"mac_address": "D8:B6:73:BF:4F:75", "type": "renogy_inverter", "modbusid": 3},
@@ -461,6 +487,29 @@ async def test_update_device_driver_settings(
     bad = await recorder.arequest(CMD, {"command": "update_device", "mac_address": sim.mac, "variant": "nope"})
     assert_error(bad, "unknown variant 'nope' for renogy_battery (known: legacy, pro, rngpro)", "update_device")
     assert gateway.scheduler.workers[sim.mac].device.variant == "legacy"
+
+
+async def test_update_device_refuses_a_config_that_could_overflow(
+    gateway_factory: GatewayFactory, mqtt_recorder: Any, tmp_path: Path
+) -> None:
+    """update_device builds the driver like add_device: the same range check, and nothing changes."""
+    recorder = mqtt_recorder()
+    gateway = await gateway_factory()
+    mac = "C4:64:E3:00:00:02"
+    assert (await add(recorder, mac, "generic_modbus", config=GENERIC_CONFIG))["status"] == "ok"
+    before = (tmp_path / "data" / "devices.json").read_bytes()
+    device = gateway.scheduler.workers[mac].device
+    fields = [GENERIC_CONFIG["fields"][0], {**GENERIC_CONFIG["fields"][1], "offset": -1e308}]
+    response = await recorder.arequest(
+        CMD, {"command": "update_device", "mac_address": mac, "config": {**GENERIC_CONFIG, "fields": fields}}
+    )
+    assert_error(
+        response,
+        'generic_modbus config: fields[1] "current": offset -1e+308 is out of range (allowed -1e+09 … 1e+09)',
+        "update_device",
+    )
+    assert (tmp_path / "data" / "devices.json").read_bytes() == before
+    assert gateway.scheduler.workers[mac].device is device
 
 
 async def test_update_device_errors(gateway_factory: GatewayFactory, mqtt_recorder: Any, tmp_path: Path) -> None:

@@ -9,15 +9,18 @@ MAC, type, existence and the driver's own checks (variant, generic config).
 
 This module validates and builds records; the gateway (``service.Gateway``)
 applies them through the :class:`Registry` protocol and persists before it
-answers.
+answers. :class:`CommandLanes` decides what runs when: commands about one
+device in arrival order, everything else side by side.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +28,7 @@ from . import devices as registry
 from .devices import BaseDevice
 from .schema import ConfigError, InputError, clean, errors
 from .store import ORIGIN_OPTIONS, DeviceRecord, default_name, normalise_mac
+from .tasks import stop_tasks
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -171,6 +175,11 @@ def _allowed_keys(command: str) -> list[str]:
 
 def _mac(body: Mapping[str, Any]) -> str:
     raw = body["mac_address"]
+    # Strict on the wire: whitespace around a MAC is a client's bug (a newline from a shell
+    # pipe, a template's padding); refusing it says so instead of guessing. The integration
+    # strips what a person types before it sends; the add-on options are checked by a pattern.
+    if raw != raw.strip():
+        raise CommandError(f"invalid MAC address {raw!r}: remove the spaces or line breaks around it")
     mac = normalise_mac(raw)
     if mac is None:
         raise CommandError(f"invalid MAC address {raw!r}")
@@ -296,3 +305,62 @@ class CommandProcessor:
 
     async def _cmd_health_check(self, _body: dict[str, Any]) -> dict[str, Any]:
         return self.gateway.health()
+
+
+class CommandLanes:
+    """Runs requests: those about one device in arrival order, all others side by side.
+
+    Each device (MAC) has a lane: a request waits only behind earlier requests about
+    the same device, whose order matters (add, then remove). It never waits behind a
+    slow request about another device, nor behind a scan. Requests about no device
+    (list_devices, health_check, poll_now of all, scan) start at once and see the
+    state at that moment. ``run`` answers the request and must not raise.
+    """
+
+    def __init__(self, run: Callable[[Request], Awaitable[None]]) -> None:
+        self._run = run
+        self._lanes: dict[str, deque[Request]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def lane_of(request: Request) -> str | None:
+        raw = request.body.get("mac_address")
+        if raw is None:
+            return None
+        return normalise_mac(raw) or str(raw)  # an invalid MAC is refused at once in its own lane
+
+    def submit(self, request: Request) -> None:
+        lane = self.lane_of(request)
+        if lane is None:
+            self._spawn(self._run_one(request), f"command-{request.command}")
+        elif lane in self._lanes:
+            self._lanes[lane].append(request)
+        else:
+            self._lanes[lane] = deque([request])
+            self._spawn(self._drain(lane), f"commands-{lane}")
+
+    async def stop(self, within: float = 2.0) -> None:
+        await stop_tasks(self.tasks, within)
+        self._lanes.clear()
+
+    async def _drain(self, lane: str) -> None:
+        queue = self._lanes[lane]
+        try:
+            while queue:
+                await self._run_one(queue[0])
+                queue.popleft()
+        finally:
+            if self._lanes.get(lane) is queue:
+                del self._lanes[lane]
+
+    async def _run_one(self, request: Request) -> None:
+        try:
+            await self._run(request)
+        except Exception:  # one bad command must never stop the ones after it
+            _LOGGER.exception("Unexpected error while handling command %s", request.command)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[assignment]
+        task.set_name(name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

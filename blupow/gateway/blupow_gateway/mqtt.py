@@ -35,6 +35,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .tasks import stop_task
+
 _LOGGER = logging.getLogger(__name__)
 
 Payload = str | bytes | dict[str, Any] | list[Any] | None
@@ -86,14 +88,30 @@ class _Client(paho.Client):
 
 
 def encode(payload: Payload) -> bytes:
-    """JSON for dicts and lists, UTF-8 for text, empty for None (clears a retained topic)."""
+    """JSON for dicts and lists, UTF-8 for text, empty for None (clears a retained topic).
+
+    Raises ValueError for a NaN or ±Infinity anywhere in a dict or list: Python
+    would write them as ``NaN``/``Infinity``, which is not JSON and makes Home
+    Assistant (and any strict consumer) reject the whole payload.
+    """
     if payload is None:
         return b""
     if isinstance(payload, bytes):
         return payload
     if isinstance(payload, str):
         return payload.encode("utf-8")
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _encode_or_log(topic: str, payload: Payload) -> bytes | None:
+    """``encode(payload)``, or None after logging why it cannot be sent (the caller drops it)."""
+    try:
+        return encode(payload)
+    except ValueError:
+        # A bug upstream (decoding drops non-finite values): refuse this one message,
+        # keep the gateway running, and say where so the bug can be found.
+        _LOGGER.error("Not publishing to %s: the payload holds NaN or Infinity, which is not JSON", topic)
+        return None
 
 
 class MqttClient:
@@ -207,20 +225,20 @@ class MqttClient:
         why the gateway publishes its own offline state here first.
         """
         self._stopping = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        await stop_task(self._watchdog, grace)
         client = self._client
         if client is None:
             return
         if self.connected and last:
-            infos = [client.publish(t, encode(p), qos=q, retain=r) for t, p, q, r in last]
+            encoded = [(t, _encode_or_log(t, p), q, r) for t, p, q, r in last]
+            infos = [client.publish(t, data, qos=q, retain=r) for t, data, q, r in encoded if data is not None]
             await _poll_until(lambda: all(i.is_published() for i in infos), grace)
         with contextlib.suppress(Exception):
             client.disconnect()
+        # loop_stop joins paho's thread: bounded, and the thread is left alone if it hangs.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.to_thread(client.loop_stop), grace)
+            async with asyncio.timeout(grace):
+                await asyncio.to_thread(client.loop_stop)
         self.connected = False
         for task in list(self._handler_tasks):
             task.cancel()
@@ -234,11 +252,16 @@ class MqttClient:
 
         Without ``queue_offline`` a message published while disconnected is
         dropped: retained states and discovery are republished on reconnect.
+        A payload that cannot be JSON (NaN, ±Infinity) is dropped with an error
+        in the log, never sent as ``NaN``/``Infinity``.
         """
         client = self._client
         if client is None or (not self.connected and not queue_offline):
             return False
-        info = client.publish(topic, encode(payload), qos=qos, retain=retain)
+        data = _encode_or_log(topic, payload)
+        if data is None:
+            return False
+        info = client.publish(topic, data, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             _LOGGER.debug("MQTT publish to %s dropped (%s)", topic, paho.error_string(info.rc))
             return False

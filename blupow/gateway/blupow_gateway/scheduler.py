@@ -17,7 +17,10 @@ Rules (docs/mqtt-api.md, "Device list" and "Device availability"):
   instead of at the next tick; after ``failures_before_offline`` consecutive
   failures it is ``offline``, and ``online`` again on the next success;
 * a device that is added, enabled or asked for with ``poll_now`` is polled at
-  once.
+  once;
+* changing or removing a device never waits for its running poll: the poll is
+  obsolete and is cancelled, and every wait for a task to stop is bounded
+  (tasks.stop_task), so a command is answered in the time its own work takes.
 
 Links come from an injectable ``link_factory(record, device)`` (default: the
 BLE transport), so tests and benchmarks can poll simulated devices.
@@ -38,6 +41,7 @@ from typing import Any, Protocol
 from .devices import BaseDevice
 from .modbus import ModbusException
 from .store import DeviceRecord, utc_now
+from .tasks import stop_task, stop_tasks
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -122,6 +126,8 @@ class DeviceWorker:
     queued: bool = False
     cycle: Cycle | None = None
     connects: int = 0
+    retired: bool = False  # removed: its poll loop must end, whatever it was doing
+    controls: set[asyncio.Task[Any]] = field(default_factory=set)  # control writes in flight
 
     @property
     def mac(self) -> str:
@@ -263,6 +269,7 @@ class Scheduler:
         self._slots = asyncio.Semaphore(max_connections)
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()  # every worker loop, including replaced ones
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle ---
@@ -279,14 +286,12 @@ class Scheduler:
     async def stop(self, grace: float = 3.0) -> None:
         """Stop polling and close every link (each within ``grace`` seconds)."""
         self._stopping = True
-        tasks = [w.task for w in self.workers.values() if w.task is not None]
-        tasks += [t for t in (self._ticker,) if t is not None]
-        tasks += list(self._background)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for worker in self.workers.values():
+            worker.wake.set()
+        tasks: list[asyncio.Task[Any] | None] = [self._ticker, *self._tasks, *self._background]
+        for worker in self.workers.values():
+            tasks += worker.controls
+        await stop_tasks(tasks, grace)
         await asyncio.gather(*(self._close(w, grace) for w in self.workers.values()), return_exceptions=True)
 
     # --- the device set ---
@@ -307,35 +312,55 @@ class Scheduler:
         return worker
 
     async def remove(self, mac: str) -> DeviceWorker | None:
+        """Take the device out and wait (bounded) until nothing of it runs or stays connected."""
+        worker = self.detach(mac)
+        if worker is not None:
+            await self.retire(worker)
+        return worker
+
+    def detach(self, mac: str) -> DeviceWorker | None:
+        """Take the device out of the schedule at once; :meth:`retire` finishes the job.
+
+        Separate so that the gateway can detach inside its registry lock (the next
+        command sees the device gone) and wait for the poll outside it.
+        """
         worker = self.workers.pop(mac, None)
         if worker is None:
             return None
-        if worker.task is not None:
-            worker.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await worker.task
+        worker.retired = True
+        worker.wake.set()  # a loop that lost its cancellation must not sleep on
+        for task in (worker.task, *worker.controls):
+            if task is not None:
+                task.cancel()
         self._leave_cycle(worker)
-        await self._close(worker)
         self._rebalance()
         return worker
 
-    async def update(self, record: DeviceRecord, device: BaseDevice | None = None) -> DeviceWorker:
-        """Apply a changed record; a new ``device`` (driver) also means a new link."""
+    async def retire(self, worker: DeviceWorker) -> None:
+        """Stop a detached worker's tasks (bounded) and close its link."""
+        await stop_tasks([worker.task, *worker.controls])
+        await self._close(worker)
+
+    def update(self, record: DeviceRecord, device: BaseDevice | None = None) -> DeviceWorker:
+        """Apply a changed record at once; a new ``device`` (driver) also means a new link.
+
+        A poll that is running is not waited for (that made the answer take up to a
+        whole poll): when it is made obsolete, by a new driver or by disabling, it is
+        cancelled and the worker's new task closes the old link before going on.
+        """
         worker = self.workers[record.mac_address]
-        async with worker.lock:
-            worker.record = record
-            if device is not None:
-                await self._release(worker)
-                worker.device = device
-                worker.error = None
-                worker.link = None
-                worker.values = {}
-                worker.registers = {}
-            if not worker.pollable:
-                await self._release(worker)
-                self._leave_cycle(worker)
-                worker.retry_at = None
-                self._set_status(worker, Status.DISABLED)
+        worker.record = record
+        if device is not None:
+            worker.device = device
+            worker.error = None
+            worker.values = {}
+            worker.registers = {}
+        if device is not None or not worker.pollable:
+            self._restart(worker)
+        if not worker.pollable:
+            self._leave_cycle(worker)
+            worker.retry_at = None
+            self._set_status(worker, Status.DISABLED)
         if worker.pollable and (worker.status == Status.DISABLED or device is not None):
             worker.stats.consecutive_failures = 0
             self._set_status(worker, Status.PENDING)
@@ -343,6 +368,15 @@ class Scheduler:
             self._trigger(worker)
         self._rebalance()
         return worker
+
+    def _restart(self, worker: DeviceWorker) -> None:
+        """Cancel the worker's loop; a new one closes the old link first, then polls as usual."""
+        previous, old_link = worker.task, worker.link
+        worker.link = None
+        if previous is not None:
+            previous.cancel()
+        if self._ticker is not None:
+            self._start_worker(worker, after=(previous, old_link))
 
     def poll_now(self, mac: str | None = None) -> list[str]:
         targets = [self.workers[mac]] if mac is not None else list(self.workers.values())
@@ -367,33 +401,42 @@ class Scheduler:
         if not worker.record.enabled:
             raise ControlError(f"device {mac} is disabled")
         device = worker.device
-        async with worker.lock:
-            await self._take_slot(worker)
-            try:
-                link = self._link(worker)
-                async with asyncio.timeout(self.connect_guard + self.request_timeout * 3 + 5):
-                    await device.write_control(link, key, on)
-                    block = device.block_for_field(control.state_field)
-                    if block is not None:
-                        words = await link.read_registers(device.modbus_id, block.start, block.count)
-                        for i, word in enumerate(words):
-                            worker.registers[block.start + i] = word
-            except Exception as exc:
-                await self._release(worker)
-                raise ControlError(f"writing {key} failed: {error_text(exc)}") from exc
-            except asyncio.CancelledError:
-                await self._release(worker)
-                raise
-            if not self.keep_links:
-                await self._release(worker)
-            worker.values = device.decode(worker.registers)
+        task = asyncio.current_task()
+        if task is not None:  # removing the device cancels it (and waits for it, bounded)
+            worker.controls.add(task)
+        try:
+            async with worker.lock:
+                await self._take_slot(worker)
+                try:
+                    link = self._link(worker)
+                    async with asyncio.timeout(self.connect_guard + self.request_timeout * 3 + 5):
+                        await device.write_control(link, key, on)
+                        block = device.block_for_field(control.state_field)
+                        if block is not None:
+                            words = await link.read_registers(device.modbus_id, block.start, block.count)
+                            for i, word in enumerate(words):
+                                worker.registers[block.start + i] = word
+                except Exception as exc:
+                    await self._release(worker)
+                    raise ControlError(f"writing {key} failed: {error_text(exc)}") from exc
+                if not self.keep_links:
+                    await self._release(worker)
+                worker.values = device.decode(worker.registers)
+        finally:
+            worker.controls.discard(task)  # type: ignore[arg-type]
+        if worker.retired or self.workers.get(worker.mac) is not worker:
+            raise ControlError(f"device {mac} was removed")
         self.listener.on_values(worker)
         return worker.values.get(control.state_field)
 
     # --- internals: workers ---
 
-    def _start_worker(self, worker: DeviceWorker) -> None:
-        worker.task = asyncio.create_task(self._run(worker), name=f"poll-{worker.mac}")
+    def _start_worker(
+        self, worker: DeviceWorker, after: tuple[asyncio.Task[None] | None, _GuardedLink | None] | None = None
+    ) -> None:
+        worker.task = task = asyncio.create_task(self._run(worker, after), name=f"poll-{worker.mac}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         if worker.pollable:
             self._trigger(worker)  # a new device is polled at once
 
@@ -401,20 +444,34 @@ class Scheduler:
         worker.queued = True
         worker.wake.set()
 
-    async def _run(self, worker: DeviceWorker) -> None:
+    async def _run(
+        self, worker: DeviceWorker, after: tuple[asyncio.Task[None] | None, _GuardedLink | None] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
-        while not self._stopping:
+        if after is not None:  # replacing a loop (update): the old one must be gone, its link closed
+            previous, old_link = after
+            await stop_task(previous)
+            await self._disconnect(worker, old_link)
+        # A cancellation can be lost in a library's wait (Python 3.11's wait_for): then
+        # ``retired`` or a newer task of the worker still ends this loop once the poll in
+        # hand returns, before it touches the worker again.
+        me = asyncio.current_task()
+        while not self._stopping and not worker.retired and worker.task is me:
             if not worker.wake.is_set():
                 delay = None if worker.retry_at is None else max(0.0, worker.retry_at - loop.time())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await worker.wake.wait()
+            if worker.retired or worker.task is not me:
+                break
             worker.wake.clear()
             worker.queued = False
             if not worker.pollable:
                 self._leave_cycle(worker)
                 continue
             ok = await self._poll(worker)
+            if worker.retired or worker.task is not me:
+                break
             self._leave_cycle(worker)
             if ok:
                 worker.retry_at = None
@@ -502,21 +559,23 @@ class Scheduler:
             await self._take_slot(worker)
             started = time.monotonic()
             worker.stats.attempts += 1
+            link: _GuardedLink | None = None
             try:
                 link = self._link(worker)
                 await link.connect()
                 device = self._adopt_variant(worker, device)
                 async with asyncio.timeout(self._read_guard(device)):
                     reading = await device.read(link)
-            except asyncio.CancelledError:
-                await self._release(worker)
-                raise
             except Exception as exc:
+                if worker.retired or (link is not None and worker.link is not link):
+                    return False  # an obsolete poll: its link is closed by whoever replaced it
                 await self._release(worker)
                 self._failed(worker, exc, started)
                 return False
             if not self.keep_links:
                 await self._release(worker)
+            if worker.retired or worker.link is not link:
+                return False  # removed or changed meanwhile (a lost cancellation): drop the reading
             rssi = getattr(worker.link.inner, "rssi", None)
             if isinstance(rssi, int):
                 worker.rssi = rssi
@@ -575,18 +634,21 @@ class Scheduler:
         self.max_slots_in_use = max(self.max_slots_in_use, self.slots_in_use)
 
     async def _release(self, worker: DeviceWorker, grace: float = 10.0) -> None:
-        """Disconnect (if connected) and give the slot back; never raises."""
-        link = worker.link
-        if link is not None:
-            try:
+        """Disconnect (if connected) and give the slot back; never raises but CancelledError."""
+        await self._disconnect(worker, worker.link, grace)
+
+    async def _disconnect(self, worker: DeviceWorker, link: _GuardedLink | None, grace: float = 10.0) -> None:
+        try:
+            if link is not None:
                 async with asyncio.timeout(grace):
                     await link.disconnect()
-            except Exception as exc:
-                _LOGGER.debug("Disconnecting %s failed: %s", worker.mac, error_text(exc))
-        if worker.holds_slot:
-            worker.holds_slot = False
-            self.slots_in_use -= 1
-            self._slots.release()
+        except Exception as exc:
+            _LOGGER.debug("Disconnecting %s failed: %s", worker.mac, error_text(exc))
+        finally:  # even when cancelled mid-disconnect: a lost slot would starve other devices
+            if worker.holds_slot:
+                worker.holds_slot = False
+                self.slots_in_use -= 1
+                self._slots.release()
 
     async def _close(self, worker: DeviceWorker, grace: float = 10.0) -> None:
         await self._release(worker, grace)

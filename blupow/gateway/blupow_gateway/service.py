@@ -13,7 +13,6 @@ persisted before they are answered; connection results follow as events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -26,12 +25,13 @@ from typing import Any
 
 from . import __version__, commands
 from . import devices as registry
-from .commands import CommandError, CommandProcessor, Request, Response
+from .commands import CommandError, CommandLanes, CommandProcessor, Request, Response
 from .devices import BaseDevice
 from .discovery import Topics, config_inputs, device_configs, gateway_configs
 from .mqtt import Message, MqttClient, Will, new_client_id
 from .scheduler import DeviceWorker, LinkFactory, Scheduler, Status, default_link_factory
 from .store import ORIGIN_OPTIONS, DeviceRecord, DeviceStore, PublishedLedger, merge, utc_now
+from .tasks import stop_task, stop_tasks
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class Gateway:
             on_connect=self._on_mqtt_connect,
         )
         self.processor = CommandProcessor(self)
+        self.lanes = CommandLanes(self._execute)
         self.overrides: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
         self._published: dict[str, str] = {}  # discovery topic -> payload text last published
@@ -141,8 +142,10 @@ class Gateway:
         self._ledger: dict[str, dict[str, Any]] = {}
         self._ledger_dirty = False
         self._devices_dirty = False
-        self._save_lock = asyncio.Lock()
-        self._commands: asyncio.Queue[Message] = asyncio.Queue()
+        # Held while the device list changes: records -> devices.json -> scheduler, as one step,
+        # so that commands about different devices (which run side by side) never overwrite
+        # each other's saves. Only quick work happens under it, never a wait for a poll.
+        self._registry_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ha_republish: asyncio.Task[None] | None = None
         self._republish: asyncio.Task[None] | None = None
@@ -163,14 +166,14 @@ class Gateway:
             device, error = self._build(record)
             self.scheduler.add(record, device, error)
         if merged.changed:
-            await self._save(self.records())
+            async with self._registry_lock:
+                await self._save(self.records())
         t = self.topics
         self.mqtt.subscribe(t.command, self._on_command, qos=1)
         self.mqtt.subscribe(t.control_wildcard, self._on_control, qos=1)
         self.mqtt.subscribe(t.ha_status, self._on_ha_status, qos=1)
         await self.mqtt.start()
         await self.scheduler.start()
-        self._spawn(self._command_loop(), "commands")
         self._spawn(self._devices_loop(), "devices-publisher")
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._ledger_loop(), "ledger")
@@ -195,8 +198,8 @@ class Gateway:
         _LOGGER.info("Stopping the gateway")
         # Offline first, so Home Assistant shows the devices unavailable at once.
         self.mqtt.publish(self.topics.state, OFFLINE, qos=1, retain=True)
-        for task in list(self._tasks) + ([self._ha_republish] if self._ha_republish else []):
-            task.cancel()
+        await self.lanes.stop(2.0)
+        await stop_tasks([*self._tasks, self._ha_republish], 2.0)
         await self.scheduler.stop(grace=2.0)
         await self._flush_ledger()
         await self.mqtt.stop(last=[(self.topics.state, OFFLINE, 1, True)], grace=2.0)
@@ -226,22 +229,23 @@ class Gateway:
             return None, str(exc)
 
     async def _save(self, records: Iterable[DeviceRecord], overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        """Write devices.json; the caller holds ``_registry_lock`` (records are read under it)."""
         data = list(records)
         over = self.overrides if overrides is None else overrides
-        async with self._save_lock:
-            try:
-                await asyncio.to_thread(self.store.save, data, over)
-            except OSError as exc:
-                _LOGGER.error("Could not save the device registry %s: %s", self.store.path, exc.strerror or exc)
-                raise CommandError(f"could not save the device registry ({exc.strerror or exc})") from exc
+        try:
+            await asyncio.to_thread(self.store.save, data, over)
+        except OSError as exc:
+            _LOGGER.error("Could not save the device registry %s: %s", self.store.path, exc.strerror or exc)
+            raise CommandError(f"could not save the device registry ({exc.strerror or exc})") from exc
 
     def get(self, mac: str) -> DeviceRecord | None:
         worker = self.scheduler.workers.get(mac)
         return worker.record if worker else None
 
     async def add_device(self, record: DeviceRecord, device: BaseDevice) -> dict[str, Any]:
-        await self._save([*self.records(), record])
-        worker = self.scheduler.add(record, device)  # polled as soon as this task yields
+        async with self._registry_lock:
+            await self._save([*self.records(), record])
+            worker = self.scheduler.add(record, device)  # polled as soon as this task yields
         _LOGGER.info("Device %s (%s, %s) added by command", record.mac_address, record.name, record.type)
         entry = self._entry(worker)
         # The answer goes out first (it is published as soon as this returns); the
@@ -257,8 +261,11 @@ class Gateway:
         self._publish_devices()
 
     async def remove_device(self, mac: str) -> None:
-        await self._save([r for r in self.records() if r.mac_address != mac])
-        worker = await self.scheduler.remove(mac)
+        async with self._registry_lock:
+            await self._save([r for r in self.records() if r.mac_address != mac])
+            worker = self.scheduler.detach(mac)
+        if worker is not None:  # outside the lock: other devices' commands need not wait for this
+            await self.scheduler.retire(worker)
         self._clear_device(mac, worker)
         _LOGGER.info("Device %s removed by command", mac)
         self._event("device_removed", mac, {})
@@ -279,10 +286,11 @@ class Gateway:
             device, error = self._build(record)
             if device is None:
                 raise CommandError(f"device {record.mac_address} cannot be enabled: {error}")
-        records = [record if r.mac_address == record.mac_address else r for r in self.records()]
-        await self._save(records, overrides)
-        self.overrides = overrides
-        await self.scheduler.update(record, device)
+        async with self._registry_lock:
+            records = [record if r.mac_address == record.mac_address else r for r in self.records()]
+            await self._save(records, overrides)
+            self.overrides = overrides
+            self.scheduler.update(record, device)  # at once: a running poll is cancelled, not awaited
         if device is not None:
             self._publish_discovery(worker, prune=True)
         else:
@@ -302,11 +310,14 @@ class Gateway:
         if self._scanning:
             raise CommandError("a scan is already running")
         self._scanning = True
+        # A scan takes turns with a device search (transport.discovery_lock): it may first
+        # wait for one search, which lasts at most connect_timeout.
+        limit = seconds + float(self.settings.connect_timeout) + 15
         try:
-            async with asyncio.timeout(seconds + 15):
+            async with asyncio.timeout(limit):
                 results = await self.scanner(seconds, self.settings.adapter)
         except TimeoutError:
-            raise CommandError(f"scan did not finish within {seconds + 15:g} s") from None
+            raise CommandError(f"scan did not finish within {limit:g} s") from None
         except CommandError:
             raise
         except Exception as exc:
@@ -455,29 +466,19 @@ class Gateway:
                 self.mqtt.publish(self.topics.device_state(worker.mac), worker.values, qos=0, retain=True)
 
     def _on_command(self, message: Message) -> None:
-        self._commands.put_nowait(message)
-
-    async def _command_loop(self) -> None:
-        """One command at a time, in arrival order (scans run beside it: they take seconds)."""
-        while True:
-            message = await self._commands.get()
-            try:
-                await self._dispatch(message)
-            except Exception:  # one bad command must never stop the ones after it
-                _LOGGER.exception("Unexpected error while handling a command")
-
-    async def _dispatch(self, message: Message) -> None:
-        if message.retain:
-            self._respond(self._retained_refusal(message.payload))
-            return
-        parsed = commands.parse(message.payload)
-        if isinstance(parsed, Response):
-            _LOGGER.debug("Rejected a command: %s", parsed.error)
-            self._respond(parsed)
-        elif parsed.command == "scan":
-            self._spawn(self._execute(parsed), "scan")
-        else:
-            await self._execute(parsed)
+        """Answer what cannot run at once; hand the rest to the lanes (commands.CommandLanes)."""
+        try:
+            if message.retain:
+                self._respond(self._retained_refusal(message.payload))
+                return
+            parsed = commands.parse(message.payload)
+            if isinstance(parsed, Response):
+                _LOGGER.debug("Rejected a command: %s", parsed.error)
+                self._respond(parsed)
+                return
+            self.lanes.submit(parsed)
+        except Exception:  # one bad command must never stop the ones after it
+            _LOGGER.exception("Unexpected error while handling a command")
 
     async def _execute(self, request: Request) -> None:
         response = await self.processor.execute(request)
@@ -614,7 +615,11 @@ class Gateway:
 
     def _publish_config(self, topic: str, payload: dict[str, Any], *, force: bool = False) -> bool:
         """Publish one config unless the same text is out already; False if it was dropped."""
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN/Infinity is not JSON: never sent (see mqtt.encode)
+            _LOGGER.error("Not publishing to %s: the payload holds NaN or Infinity, which is not JSON", topic)
+            return False
         if not force and self._published.get(topic) == text:
             return True
         if self.mqtt.publish(topic, text, qos=1, retain=True):
@@ -781,9 +786,7 @@ async def _run(settings: Any, data_dir: Path) -> int:
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({resolving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not resolving.done():
-        resolving.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await resolving
+        await stop_task(resolving)
         return 0
     stopping.cancel()
     try:
