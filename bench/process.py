@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import resource
 import shutil
 import socket
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.plugins.fake_bluez import SimProcess
 from tests.plugins.gateway import GatewayProcess
@@ -468,4 +470,71 @@ def latency_figures(nodelay_broker: Mosquitto, default_broker: Mosquitto, quick:
     ]
 
 
-__all__ = ["cost_figures", "latency_figures", "memory_figures", "process_per_poll_cpu"]
+def _storm(broker: Mosquitto, commands: int) -> tuple[list[float], list[float]]:
+    """Answer times (ms) of ``commands`` mixed commands sent at random moments while four devices
+    poll, and the time one device's poll takes in the same stack (the baseline)."""
+    rng = random.Random(14)  # noqa: S311 - a reproducible storm, not security
+    with stack(broker, ["controller"] * 4, configured=False, latency=0.08) as s:
+        macs = [d.mac for d in s.sim.devices]
+        for mac in macs:
+            s.client.request(CMD, {"command": "add_device", "mac_address": mac, "type": "renogy_charge_controller"}, 10)
+        wait_first_polls(s, len(macs))
+        poll_ms: list[float] = []
+        for mac in macs:  # the baseline: poll_now of one idle device -> its state
+            since = s.client.mark()
+            started = time.monotonic()
+            s.client.request(CMD, {"command": "poll_now", "mac_address": mac}, 10)
+            state = s.client.wait_topic(f"blupow/{mac_id(mac)}/state", 30, since, lambda m: bool(m.payload))
+            poll_ms.append((state.at - started) * 1000)
+        sent: dict[str, float] = {}
+        since = s.client.mark()
+        for i in range(commands):
+            mac = rng.choice(macs)
+            kind = rng.choices(["add", "remove", "update", "poll", "list", "all"], [3, 3, 2, 3, 1, 1])[0]
+            body: dict[str, Any] = {
+                "add": {"command": "add_device", "mac_address": mac, "type": "renogy_charge_controller"},
+                "remove": {"command": "remove_device", "mac_address": mac},
+                "update": {"command": "update_device", "mac_address": mac, "name": f"Rover {i}"},
+                "poll": {"command": "poll_now", "mac_address": mac},
+                "list": {"command": "list_devices"},
+                "all": {"command": "poll_now"},
+            }[kind]
+            transaction = f"storm-{i}"
+            sent[transaction] = time.monotonic()
+            s.client.publish(CMD, {**body, "transaction": transaction})
+            time.sleep(rng.uniform(0, 0.04))
+        deadline = time.monotonic() + 60
+        answered: dict[str, float] = {}
+        while len(answered) < len(sent):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(sent) - len(answered)} of {len(sent)} commands never answered")
+            for message in s.client.on("blupow/gateway/response", since):
+                transaction = message.json().get("transaction")
+                if transaction in sent and transaction not in answered:
+                    answered[transaction] = (message.at - sent[transaction]) * 1000
+            time.sleep(0.05)
+    return list(answered.values()), poll_ms
+
+
+def storm_figures(broker: Mosquitto, quick: bool) -> list[Figure]:
+    """Figure 7: command answer times under a storm of mixed commands while devices poll.
+
+    The baseline is one device's poll in the same run: a command that waited for a poll
+    (as update_device did) or behind another device's command would show up as a maximum
+    at or above it.
+    """
+    count = 100 if quick else 300
+    answers, polls = _storm(broker, count)
+    poll = percentile(polls, 50)
+    worst = max(answers)
+    note = f"{count} commands (add, remove, update, poll_now, list) at 0-40 ms gaps; 4 Rovers at 80 ms per request"
+    return [
+        info("storm: command answer p50", round(percentile(answers, 50), 1), "ms", note),
+        info("storm: command answer p95", round(percentile(answers, 95), 1), "ms"),
+        info("storm: command answer max", round(worst, 1), "ms"),
+        info("storm: one device's poll (baseline, same run)", round(poll), "ms"),
+        at_most("storm: max answer / one device's poll", round(worst / poll, 3), "x", 1.0),
+    ]
+
+
+__all__ = ["cost_figures", "latency_figures", "memory_figures", "process_per_poll_cpu", "storm_figures"]

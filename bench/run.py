@@ -12,6 +12,7 @@ Figures (docs/performance.md explains each one and how "ideal" is computed):
   latency  4. add_device -> response and -> first state on MQTT
   scale    5. 50, 100, 200 devices at zero BLE latency: messages/s and CPU per poll
   keep     6. keep-connected against reconnect-per-poll: steady-state poll time
+  storm    7. command answer times under a storm of mixed commands while devices poll
 
 Exit status: 0 when every figure ran (targets not met are shown in the table),
 1 when a figure failed to run, 2 with ``--strict`` when a target was not met.
@@ -35,7 +36,7 @@ from tests.plugins.mosquitto import MOSQUITTO, Mosquitto
 from .common import Figure, machine
 
 ROOT = Path(__file__).resolve().parent
-FIGURES = ("cycle", "keep", "scale", "cost", "memory", "latency")
+FIGURES = ("cycle", "keep", "scale", "cost", "memory", "latency", "storm")
 
 
 class Brokers:
@@ -80,6 +81,7 @@ def run_figures(selected: list[str], quick: bool) -> tuple[list[Figure], list[st
             "cost": lambda: process.cost_figures(brokers.nodelay, quick, measured.get("inproc_ms")),
             "memory": lambda: process.memory_figures(brokers.nodelay, quick),
             "latency": lambda: process.latency_figures(brokers.nodelay, brokers.default, quick),
+            "storm": lambda: process.storm_figures(brokers.nodelay, quick),
         }
         for name in selected:
             started = time.monotonic()
