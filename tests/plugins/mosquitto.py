@@ -187,6 +187,12 @@ def make_certificates(workdir: Path, host: str) -> tuple[Path, Path]:
         "2",
         "-subj",
         "/CN=BluPow test CA",
+        # What Python 3.13's strict verification (VERIFY_X509_STRICT) requires of a CA; a
+        # real CA has them too, and the add-on image runs 3.13.
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         "-keyout",
         "ca.key",
         "-out",
@@ -195,7 +201,14 @@ def make_certificates(workdir: Path, host: str) -> tuple[Path, Path]:
     openssl(
         "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}", "-keyout", "server.key", "-out", "server.csr"
     )
-    (workdir / "san.cnf").write_text(f"subjectAltName=IP:{host},DNS:localhost\n")
+    (workdir / "san.cnf").write_text(
+        f"subjectAltName=IP:{host},DNS:localhost\n"
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
     openssl(
         "x509",
         "-req",
