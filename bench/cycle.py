@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from blupow_gateway.devices import BaseDevice, create_device
-from blupow_gateway.scheduler import DeviceWorker, Scheduler, Status
+from blupow_gateway.modules import Module, Status, Unit
+from blupow_gateway.scheduler import Scheduler
 from blupow_gateway.simulator import create_simulated
 from blupow_gateway.store import ORIGIN_OPTIONS, DeviceRecord
 
@@ -74,13 +75,16 @@ class _Listener:
         self.cycles: list[float] = []
         self.failures: list[str] = []
 
-    def on_values(self, worker: DeviceWorker) -> None:
+    def on_values(self, worker: Unit) -> None:
         pass
 
-    def on_failure(self, worker: DeviceWorker, error: str) -> None:
+    def on_failure(self, worker: Unit, error: str) -> None:
         self.failures.append(f"{worker.mac}: {error}")
 
-    def on_status(self, worker: DeviceWorker, old: Status, new: Status) -> None:
+    def on_status(self, worker: Unit, old: Status, new: Status) -> None:
+        pass
+
+    def on_module_polled(self, module: Module) -> None:
         pass
 
     def on_cycle(self, seconds: float) -> None:
@@ -144,7 +148,7 @@ async def scheduled_cycles(count: int, slots: int, timing: Timing, cycles: int, 
         started = time.monotonic()
         await scheduler.start()  # every device is polled at once: round 0
         await wait_until(
-            lambda: all(w.stats.successes >= 1 and not w.lock.locked() for w in scheduler.workers.values()),
+            lambda: all(w.stats.successes >= 1 and not w.module.lock.locked() for w in scheduler.units.values()),
             limit,
             "first round",
         )
@@ -155,7 +159,7 @@ async def scheduled_cycles(count: int, slots: int, timing: Timing, cycles: int, 
             scheduler.poll_now()
             await asyncio.wait_for(listener.cycle_done.wait(), limit)
             rounds.append(listener.cycles[-1])
-            latencies += [w.stats.last_latency_ms or 0 for w in scheduler.workers.values()]
+            latencies += [w.stats.last_latency_ms or 0 for w in scheduler.units.values()]
     finally:
         await scheduler.stop(grace=1.0)
     if listener.failures:
@@ -165,7 +169,7 @@ async def scheduled_cycles(count: int, slots: int, timing: Timing, cycles: int, 
         "cycle": sorted(rounds)[len(rounds) // 2],  # median round
         "max_open": world.max_open,
         "max_connecting": world.max_connecting,
-        "requests_per_poll": world.requests / max(1, sum(w.stats.successes for w in scheduler.workers.values())),
+        "requests_per_poll": world.requests / max(1, sum(w.stats.successes for w in scheduler.units.values())),
         "latencies_ms": latencies,
     }
 

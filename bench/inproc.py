@@ -154,7 +154,7 @@ async def measure(
     try:
         await gateway.start()
         await wait_until(lambda: gateway.mqtt.connected, 10, "connected to the broker")
-        workers = gateway.scheduler.workers.values()
+        workers = gateway.scheduler.units.values()
         await wait_until(lambda: all(w.stats.successes for w in workers), 60, "first poll of every device")
 
         async def cycle() -> None:

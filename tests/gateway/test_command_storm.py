@@ -100,13 +100,13 @@ async def test_remove_racing_a_poll_is_always_answered(
         added = await cmd.answer(await cmd.send("add_device", mac_address=sim.mac, type="renogy_charge_controller"))
         assert added["status"] == "ok", added
         if round_ % 2:  # a kept link: the race is with the Modbus requests and their replies
-            await wait_until(lambda: gateway.scheduler.workers[sim.mac].stats.successes > 0, 10, "first poll")
+            await wait_until(lambda: gateway.scheduler.unit(sim.mac).stats.successes > 0, 10, "first poll")
             await cmd.send("poll_now", mac_address=sim.mac)
         # otherwise the race is with the first connect and poll an add starts
         await asyncio.sleep(rng.uniform(0, 0.08))
         removed = await cmd.answer(await cmd.send("remove_device", mac_address=sim.mac))
         assert removed["status"] == "ok", (round_, removed)
-        assert sim.mac not in gateway.scheduler.workers
+        assert sim.mac not in gateway.scheduler.modules
     await cmd.all_answered()
     cmd.assert_answered_once()
     # nothing of the removed device goes on running
@@ -164,7 +164,7 @@ async def test_a_storm_of_mixed_commands_is_answered_exactly_once(
     assert {d["mac_address"] for d in listed["data"]["devices"]} == expected
     stored = json.loads((data_dir / "devices.json").read_text())
     assert {d["mac_address"] for d in stored["devices"]} == expected
-    assert set(gateway.scheduler.workers) == expected
+    assert set(gateway.scheduler.modules) == expected
     polling = {t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("poll-C") and not t.done()}
     assert polling == {f"poll-{mac}" for mac in expected}, "a removed device's poll loop lives on"
 
@@ -206,16 +206,16 @@ async def test_update_does_not_wait_for_the_running_poll(
     states = mqtt_recorder((topic,))
     added = await cmd.answer(await cmd.send("add_device", mac_address=sim.mac, type="renogy_charge_controller"))
     assert added["status"] == "ok"
-    worker = gateway.scheduler.workers[sim.mac]
+    worker = gateway.scheduler.unit(sim.mac)
     await wait_until(lambda: worker.stats.successes == 1, 10, "first poll")
     await states.await_topic(topic, 10)  # the first poll's state is in, not still on its way
     replies.clear()
     since = states.mark()
     await cmd.send("poll_now", mac_address=sim.mac)
-    await wait_until(worker.lock.locked, 5, "the poll under way")
+    await wait_until(worker.module.lock.locked, 5, "the poll under way")
     answer = await cmd.answer(await cmd.send("update_device", mac_address=sim.mac, name="Van solar"))
     assert answer["status"] == "ok" and answer["data"]["name"] == "Van solar"
-    assert worker.lock.locked() and states.on(topic, since) == [], "the poll ended before the rename's answer"
+    assert worker.module.lock.locked() and states.on(topic, since) == [], "the poll ended before the rename's answer"
     replies.set()
     await states.await_topic(topic, 10, since)
     assert worker.stats.successes == 2  # the rename did not cancel the poll
@@ -243,7 +243,7 @@ async def test_a_slow_remove_does_not_hold_up_commands_for_other_devices(
     gateway = await gateway_factory(poll_interval=30, link_factory=link_factory)
     cmd = commander(mqtt_recorder)
     await cmd.answer(await cmd.send("add_device", mac_address=slow.mac, type="renogy_charge_controller"))
-    await wait_until(lambda: gateway.scheduler.workers[slow.mac].stats.successes == 1, 10, "first poll")
+    await wait_until(lambda: gateway.scheduler.unit(slow.mac).stats.successes == 1, 10, "first poll")
     removing = await cmd.send("remove_device", mac_address=slow.mac)
     adding = await cmd.send("add_device", mac_address=other.mac, type="renogy_charge_controller")
     health = await cmd.send("health_check")

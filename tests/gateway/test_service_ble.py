@@ -43,10 +43,10 @@ async def test_connection_limit_holds_on_the_radio(fake_bluez: FakeBlueZ, gatewa
         connect_timeout=2,
         request_timeout=0.5,
     )
-    await wait_until(lambda: all(w.stats.successes >= 2 for w in gateway.scheduler.workers.values()), 30, "polled")
+    await wait_until(lambda: all(w.stats.successes >= 2 for w in gateway.scheduler.units.values()), 30, "polled")
     assert fake_bluez.stats.max_simultaneous_connections == 2
     for sim in sims:
-        values = gateway.scheduler.workers[sim.mac].values
+        values = gateway.scheduler.unit(sim.mac).values
         assert values, sim.mac
         assert fake_bluez.peripheral(sim.mac).stats.connects >= 2  # four devices, two slots: reconnects
 
@@ -60,7 +60,7 @@ async def test_kept_link_lost_goes_offline_and_recovers(
     gateway = await gateway_factory(
         (option(sim, "controller"),), ble=True, poll_interval=0.3, connect_timeout=1, request_timeout=0.5
     )
-    worker = gateway.scheduler.workers[sim.mac]
+    worker = gateway.scheduler.unit(sim.mac)
     await wait_until(lambda: worker.stats.successes >= 3, 20)
     assert fake_bluez.peripheral(sim.mac).stats.connects == 1  # one device, two slots: the link is kept
 
@@ -83,7 +83,7 @@ async def test_held_by_another_central_is_reported(fake_bluez: FakeBlueZ, gatewa
     gateway = await gateway_factory(
         (option(sim, "dcc"),), ble=True, poll_interval=0.3, connect_timeout=1, request_timeout=0.5
     )
-    worker = gateway.scheduler.workers[sim.mac]
+    worker = gateway.scheduler.unit(sim.mac)
     await wait_until(lambda: worker.stats.failures >= 1, 20)
     entry = next(d for d in gateway.list_devices() if d["mac_address"] == sim.mac)
     assert "another central" in entry["last_error"]
@@ -100,7 +100,7 @@ async def test_pro_battery_added_by_type_alone_is_polled_as_pro(
     gateway = await gateway_factory(
         (DeviceOption(sim.mac, "renogy_battery"),), ble=True, poll_interval=0.3, connect_timeout=2, request_timeout=0.5
     )
-    worker = gateway.scheduler.workers[sim.mac]
+    worker = gateway.scheduler.unit(sim.mac)
     await wait_until(lambda: worker.stats.successes >= 1, 20, "polled")
     assert worker.device is not None and worker.device.variant == "pro" and worker.device.modbus_id == 0xFF
     assert worker.values["current"] == pytest.approx(sim.truth["current"], abs=0.05)
@@ -121,12 +121,12 @@ async def test_an_inverters_init_pause_does_not_hold_up_other_connects(
     )
     inverter_stats = fake_bluez.peripheral(inverter.mac).stats
     await wait_until(lambda: inverter_stats.connects == 1, 10, "inverter connected")
-    worker = gateway.scheduler.workers[inverter.mac]
+    worker = gateway.scheduler.unit(inverter.mac)
     assert worker.stats.successes == 0  # in its init pause now
     gateway.scheduler.add(
         DeviceRecord(controller.mac, "renogy_charge_controller", "MPPT"), create_device("renogy_charge_controller")
     )
-    controller_worker = gateway.scheduler.workers[controller.mac]
+    controller_worker = gateway.scheduler.unit(controller.mac)
     await wait_until(lambda: controller_worker.stats.successes >= 1, 10, "controller polled")
     controller_connected = fake_bluez.peripheral(controller.mac).stats.connected_at[0]
     assert controller_connected - inverter_stats.connected_at[0] < pause / 2

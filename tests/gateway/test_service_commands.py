@@ -26,6 +26,7 @@ KNOWN_COMMANDS = "add_device, remove_device, update_device, list_devices, scan, 
 KNOWN_TYPES = "generic_modbus, renogy_battery, renogy_charge_controller, renogy_dcc, renogy_inverter"
 RECORD_KEYS = {
     "mac_address",
+    "unit_id",
     "type",
     "name",
     "variant",
@@ -118,7 +119,7 @@ async def test_add_device_is_answered_fast_persisted_and_then_polled(
 
     # persisted before the answer: the file on disk already has all of them
     assert len(stored_macs(tmp_path / "data")) == 11
-    assert stored(tmp_path / "data")["schema_version"] == 1
+    assert stored(tmp_path / "data")["schema_version"] == 2
 
     state = await recorder.await_topic(f"blupow/{mac_id}/state", 5)
     assert state.json()["model"] == "RNG-CTRL-RVR40"
@@ -130,7 +131,7 @@ async def test_add_device_is_answered_fast_persisted_and_then_polled(
     events = [m.json()["type"] for m in recorder.on(EVENT) if m.json()["mac_address"] == sim.mac]
     assert events[:2] == ["device_added", "device_connected"]
     assert connected.json()["data"] == {}
-    assert gateway.scheduler.workers[sim.mac].stats.successes == 1
+    assert gateway.scheduler.unit(sim.mac).stats.successes == 1
     retained = await aretained(mosquitto, f"blupow/{mac_id}/#")
     assert json.loads(retained[f"blupow/{mac_id}/state"]) == state.json()
     assert retained[f"blupow/{mac_id}/availability"] == b"online"
@@ -390,7 +391,7 @@ async def test_remove_device_clears_every_retained_topic(
     mac_id = sim.mac.replace(":", "")
     await add(recorder, sim.mac, "renogy_battery")
     await recorder.await_topic(f"blupow/{mac_id}/state", 5)
-    await wait_until(lambda: any("cell_voltage_1" in t for t in gateway._device_topics.get(sim.mac, ())))
+    await wait_until(lambda: any("cell_voltage_1" in t for t in gateway._device_topics.get(mac_id, ())))
     await gateway.mqtt.flush()
     before = await aretained(mosquitto)
     mine = [t for t in before if mac_id in t]
@@ -399,7 +400,7 @@ async def test_remove_device_clears_every_retained_topic(
 
     response = await recorder.arequest(CMD, {"command": "remove_device", "mac_address": sim.mac.lower()})
     assert response["status"] == "ok", response
-    assert response["data"] == {"mac_address": sim.mac}
+    assert response["data"] == {"mac_address": sim.mac, "modbus_id": 0x30, "unit_id": mac_id}
     await gateway.mqtt.flush()
     after = await aretained(mosquitto)
     assert [t for t in after if mac_id in t] == []
@@ -407,7 +408,7 @@ async def test_remove_device_clears_every_retained_topic(
     assert stored_macs(tmp_path / "data") == []
     event = await recorder.await_topic(EVENT, 5, match=lambda m: m.json()["type"] == "device_removed")
     assert event.json()["mac_address"] == sim.mac
-    assert sim.mac not in gateway.scheduler.workers
+    assert sim.mac not in gateway.scheduler.modules
 
 
 async def test_remove_device_errors(gateway_factory: GatewayFactory, mqtt_recorder: Any, tmp_path: Path) -> None:
@@ -457,11 +458,11 @@ async def test_update_device_rename_and_disable(
     assert offline.text == "offline"
     assert offline.qos == 1
     reads = sim_world.reads.get(sim.mac, 0)
-    polls = gateway.scheduler.workers[sim.mac].stats.attempts
+    polls = gateway.scheduler.unit(sim.mac).stats.attempts
     queued = await recorder.arequest(CMD, {"command": "poll_now"})
     assert queued["data"] == {"queued": []}
     await asyncio.sleep(1.6)  # three poll intervals
-    assert gateway.scheduler.workers[sim.mac].stats.attempts == polls
+    assert gateway.scheduler.unit(sim.mac).stats.attempts == polls
     assert sim_world.reads.get(sim.mac, 0) == reads
     assert sim_world.connected == 0  # the link was closed
 
@@ -479,14 +480,14 @@ async def test_update_device_driver_settings(
     gateway = await gateway_factory()
     sim = sim_world.add("battery")
     await add(recorder, sim.mac, "renogy_battery", modbus_id=7)  # wrong id: no answer
-    await wait_until(lambda: gateway.scheduler.workers[sim.mac].stats.failures >= 1, 5)
+    await wait_until(lambda: gateway.scheduler.unit(sim.mac).stats.failures >= 1, 5)
     response = await recorder.arequest(CMD, {"command": "update_device", "mac_address": sim.mac, "modbus_id": None})
     assert response["status"] == "ok", response
     assert response["data"]["modbus_id"] == 0x30
-    await wait_until(lambda: gateway.scheduler.workers[sim.mac].status == "online", 5, "battery online")
+    await wait_until(lambda: gateway.scheduler.unit(sim.mac).status == "online", 5, "battery online")
     bad = await recorder.arequest(CMD, {"command": "update_device", "mac_address": sim.mac, "variant": "nope"})
     assert_error(bad, "unknown variant 'nope' for renogy_battery (known: legacy, pro, rngpro)", "update_device")
-    assert gateway.scheduler.workers[sim.mac].device.variant == "legacy"
+    assert gateway.scheduler.unit(sim.mac).device.variant == "legacy"
 
 
 async def test_update_device_refuses_a_config_that_could_overflow(
@@ -498,7 +499,7 @@ async def test_update_device_refuses_a_config_that_could_overflow(
     mac = "C4:64:E3:00:00:02"
     assert (await add(recorder, mac, "generic_modbus", config=GENERIC_CONFIG))["status"] == "ok"
     before = (tmp_path / "data" / "devices.json").read_bytes()
-    device = gateway.scheduler.workers[mac].device
+    device = gateway.scheduler.unit(mac).device
     fields = [GENERIC_CONFIG["fields"][0], {**GENERIC_CONFIG["fields"][1], "offset": -1e308}]
     response = await recorder.arequest(
         CMD, {"command": "update_device", "mac_address": mac, "config": {**GENERIC_CONFIG, "fields": fields}}
@@ -509,7 +510,7 @@ async def test_update_device_refuses_a_config_that_could_overflow(
         "update_device",
     )
     assert (tmp_path / "data" / "devices.json").read_bytes() == before
-    assert gateway.scheduler.workers[mac].device is device
+    assert gateway.scheduler.unit(mac).device is device
 
 
 async def test_update_device_errors(gateway_factory: GatewayFactory, mqtt_recorder: Any, tmp_path: Path) -> None:
@@ -534,7 +535,7 @@ async def test_update_device_errors(gateway_factory: GatewayFactory, mqtt_record
     ok = await recorder.arequest(CMD, {"command": "update_device", "mac_address": "D8:B6:73:BF:4F:75", "name": "Inv"})
     assert ok["status"] == "ok"
     assert ok["data"]["origin"] == "options"
-    assert stored(tmp_path / "data")["options_overrides"] == {"D8:B6:73:BF:4F:75": {"name": "Inv"}}
+    assert stored(tmp_path / "data")["options_overrides"] == {"D8B673BF4F75": {"name": "Inv"}}
 
 
 # --- list, poll, health, scan ----------------------------------------------------------------
@@ -582,14 +583,14 @@ async def test_poll_now(gateway_factory: GatewayFactory, sim_world: SimWorld, mq
         (DeviceOption(first.mac, "renogy_charge_controller"), DeviceOption(second.mac, "renogy_inverter")),
         poll_interval=60,
     )
-    await wait_until(lambda: all(w.stats.successes == 1 for w in gateway.scheduler.workers.values()), 5)
+    await wait_until(lambda: all(w.stats.successes == 1 for w in gateway.scheduler.units.values()), 5)
     response = await recorder.arequest(CMD, {"command": "poll_now", "mac_address": first.mac})
     assert response["data"] == {"queued": [first.mac]}
-    await wait_until(lambda: gateway.scheduler.workers[first.mac].stats.successes == 2, 5)
-    assert gateway.scheduler.workers[second.mac].stats.successes == 1
+    await wait_until(lambda: gateway.scheduler.unit(first.mac).stats.successes == 2, 5)
+    assert gateway.scheduler.unit(second.mac).stats.successes == 1
     everything = await recorder.arequest(CMD, {"command": "poll_now"})
     assert sorted(everything["data"]["queued"]) == sorted([first.mac, second.mac])
-    await wait_until(lambda: gateway.scheduler.workers[second.mac].stats.successes == 2, 5)
+    await wait_until(lambda: gateway.scheduler.unit(second.mac).stats.successes == 2, 5)
     missing = await recorder.arequest(CMD, {"command": "poll_now", "mac_address": "AA:BB:CC:DD:EE:FF"})
     assert_error(missing, "device AA:BB:CC:DD:EE:FF not found", "poll_now")
 

@@ -45,7 +45,7 @@ def configs_of(retained: dict[str, bytes], mac_id: str) -> dict[str, dict[str, A
 async def online(gateway_factory: GatewayFactory, sim_world: SimWorld, kind: str, type_name: str, **kw: Any) -> Any:
     sim = sim_world.add(kind)
     gateway = await gateway_factory((DeviceOption(sim.mac, type_name, name=f"Test {kind}", **kw),))
-    await wait_until(lambda: gateway.scheduler.workers[sim.mac].status == "online", 5, f"{kind} online")
+    await wait_until(lambda: gateway.scheduler.unit(sim.mac).status == "online", 5, f"{kind} online")
     await gateway.mqtt.flush()
     return sim, gateway
 
@@ -122,7 +122,7 @@ async def test_controller_discovery_payloads(
         assert payload["unique_id"] == object_id
         assert topic.split("/")[1] in ("sensor", "binary_sensor", "switch")
     # one entity per field (minus load_on) plus the switch
-    fields = gateway.scheduler.workers[sim.mac].device.active_fields()
+    fields = gateway.scheduler.unit(sim.mac).device.active_fields()
     assert len(configs) == len(fields) - 1 + 1
 
 
@@ -146,7 +146,7 @@ async def test_battery_lists_expand_per_item_and_shrink(
 
     sim.registers[5000] = 2  # the BMS now reports two cells: the extra entities must go
     gateway.poll_now(sim.mac)
-    await wait_until(lambda: len(gateway.scheduler.workers[sim.mac].values.get("cell_voltages", [])) == 2, 5)
+    await wait_until(lambda: len(gateway.scheduler.unit(sim.mac).values.get("cell_voltages", [])) == 2, 5)
     await gateway.mqtt.flush()
     retained = await aretained(mosquitto)
     configs = configs_of(retained, mac_id)
@@ -166,7 +166,7 @@ async def test_steady_polls_do_not_rebuild_discovery(
     from blupow_gateway import service
 
     sim, gateway = await online(gateway_factory, sim_world, "battery", "renogy_battery")
-    worker = gateway.scheduler.workers[sim.mac]
+    worker = gateway.scheduler.unit(sim.mac)
     builds: list[str] = []
 
     def counting(topics: Topics, record: DeviceRecord, *args: Any) -> dict[str, dict[str, Any]]:
@@ -295,7 +295,7 @@ async def test_a_republish_larger_than_the_mqtt_queue_loses_nothing(
     sims = [sim_world.add("battery", mac=f"C4:64:E3:00:01:{i:02X}") for i in range(3)]
     # polls must not republish what the burst dropped within the test: one poll each, at the start
     gateway = await gateway_factory(tuple(DeviceOption(s.mac, "renogy_battery") for s in sims), poll_interval=60)
-    workers = [gateway.scheduler.workers[s.mac] for s in sims]
+    workers = [gateway.scheduler.unit(s.mac) for s in sims]
     await wait_until(lambda: all(w.stats.successes for w in workers), 5, "online")
     expected = set()
     for w in workers:
@@ -348,7 +348,7 @@ async def test_load_switch_writes_and_reads_back(
     # a restarted gateway must not replay the retained "OFF"
     sim.load_on = True
     second = await gateway_factory((DeviceOption(sim.mac, "renogy_charge_controller"),))
-    await wait_until(lambda: second.scheduler.workers[sim.mac].status == "online", 5)
+    await wait_until(lambda: second.scheduler.unit(sim.mac).status == "online", 5)
     await asyncio.sleep(0.3)
     assert len(sim.writes) == writes + 1
     assert sim.load_on is True

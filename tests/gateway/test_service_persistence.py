@@ -67,7 +67,8 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     loaded = store.load()
     assert loaded.devices == records[:2]
     assert loaded.devices[1].config == {"blocks": [], "fields": []}
-    assert loaded.overrides == {"AA:BB:CC:DD:EE:03": {"name": "Renamed"}}
+    # overrides are keyed by unit; a MAC key (schema 1) is read as the key of the MAC's only unit
+    assert loaded.overrides == {"AABBCCDDEE03": {"name": "Renamed"}}
     assert [p.name for p in tmp_path.iterdir()] == ["devices.json"]  # no temporary file left
 
 
@@ -101,7 +102,7 @@ def test_ledger_values_that_are_not_finite_are_dropped_on_load(tmp_path: Path) -
     )
     ledger = PublishedLedger(tmp_path)
     loaded = ledger.load()
-    assert loaded == {"AA:BB:CC:DD:EE:01": {"topics": ["t/1"], "values": {"model": "RNG-CTRL-RVR40"}}}
+    assert loaded == {"AABBCCDDEE01": {"topics": ["t/1"], "values": {"model": "RNG-CTRL-RVR40"}}}
     ledger.save(loaded)
     assert ledger.load() == loaded
 
@@ -165,7 +166,7 @@ def test_bad_records_are_skipped_and_the_original_kept(tmp_path: Path, caplog: p
     with caplog.at_level(logging.ERROR):
         state = DeviceStore(tmp_path).load()
     assert [r.name for r in state.devices] == ["Good"]
-    assert state.overrides == {"AA:BB:CC:DD:EE:09": {"enabled": False}}
+    assert state.overrides == {"AABBCCDDEE09": {"enabled": False}}
     (kept,) = list(tmp_path.glob("devices.json.rejected-*"))
     assert json.loads(kept.read_text()) == raw
     assert "Ignored 4 unusable entries" in caplog.text
@@ -224,7 +225,7 @@ def test_merge_options_win_over_command_devices(caplog: pytest.LogCaptureFixture
     assert by_mac["AA:BB:CC:DD:EE:02"].origin == "command"
     assert by_mac["AA:BB:CC:DD:EE:03"].enabled is False  # the command change to an options device stays
     assert by_mac["AA:BB:CC:DD:EE:03"].name == "DC-DC charger EE03"
-    assert merged.overrides == {"AA:BB:CC:DD:EE:03": {"enabled": False}}
+    assert merged.overrides == {"AABBCCDDEE03": {"enabled": False}}  # keyed by unit
     assert merged.changed  # the file must be rewritten without the taken-over device
     assert "AA:BB:CC:DD:EE:01 was added by command and is now also listed in the add-on options" in caplog.text
 
@@ -239,10 +240,10 @@ async def test_gateway_restart_keeps_command_devices(
         CMD, {"command": "add_device", "mac_address": sim.mac, "type": "renogy_charge_controller", "name": "Shed"}
     )
     assert added["status"] == "ok"
-    await wait_until(lambda: first.scheduler.workers[sim.mac].status == "online", 5)
+    await wait_until(lambda: first.scheduler.unit(sim.mac).status == "online", 5)
     await first.stop()
     second = await gateway_factory()
-    worker = second.scheduler.workers[sim.mac]
+    worker = second.scheduler.unit(sim.mac)
     assert (worker.record.name, worker.record.origin) == ("Shed", "command")
     await wait_until(lambda: worker.status == "online", 5)
 
@@ -268,12 +269,12 @@ async def test_devices_removed_from_the_options_while_stopped_are_cleared(
     sim = sim_world.add("dcc")
     mac_id = sim.mac.replace(":", "")
     first = await gateway_factory((DeviceOption(sim.mac, "renogy_dcc"),))
-    await wait_until(lambda: first.scheduler.workers[sim.mac].status == "online", 5)
+    await wait_until(lambda: first.scheduler.unit(sim.mac).status == "online", 5)
     await first.mqtt.flush()
     await first.stop()
     assert any(mac_id in t for t in await aretained(mosquitto, "homeassistant/#"))
     second = await gateway_factory(())  # the device is no longer in the options
-    await wait_until(lambda: second.mqtt.connected and sim.mac not in second._ledger, 5, "cleared")
+    await wait_until(lambda: second.mqtt.connected and sim.mac.replace(":", "") not in second._ledger, 5, "cleared")
     await second.mqtt.flush()
     retained = await aretained(mosquitto)
     assert [t for t in retained if mac_id in t] == []
@@ -296,7 +297,7 @@ async def test_a_removal_while_the_broker_is_away_is_cleared_once_it_is_back(
         json.dumps({"command": "add_device", "mac_address": sim.mac, "type": "renogy_dcc"}).encode()
     )
     assert answer.status == "ok", answer
-    await wait_until(lambda: gateway.scheduler.workers[sim.mac].status == "online", 5)
+    await wait_until(lambda: gateway.scheduler.unit(sim.mac).status == "online", 5)
     await gateway.mqtt.flush()
     assert any(mac_id in t for t in await aretained(mosquitto, "homeassistant/#"))
 
@@ -304,8 +305,8 @@ async def test_a_removal_while_the_broker_is_away_is_cleared_once_it_is_back(
     await wait_until(lambda: not gateway.mqtt.connected, 10, "disconnected")
     answer = await gateway.processor.handle(json.dumps({"command": "remove_device", "mac_address": sim.mac}).encode())
     assert answer.status == "ok", answer
-    assert sim.mac in gateway._ledger  # remembered: its clears could not be sent
+    assert sim.mac.replace(":", "") in gateway._ledger  # remembered: its clears could not be sent
     mosquitto.start()
-    await wait_until(lambda: gateway.mqtt.connected and sim.mac not in gateway._ledger, 15, "cleared")
+    await wait_until(lambda: gateway.mqtt.connected and sim.mac.replace(":", "") not in gateway._ledger, 15, "cleared")
     await gateway.mqtt.flush()
     assert [t for t in await aretained(mosquitto) if mac_id in t] == []

@@ -43,7 +43,7 @@ async def test_never_more_than_max_connections_and_one_connect_at_a_time(
     for _ in range(4):
         gateway.poll_now(None)
         await asyncio.sleep(0.25)
-    await wait_until(lambda: all(w.stats.successes >= 3 for w in gateway.scheduler.workers.values()), 10)
+    await wait_until(lambda: all(w.stats.successes >= 3 for w in gateway.scheduler.units.values()), 10)
     assert sim_world.max_connected == 2  # the limit is reached, and never passed
     assert gateway.scheduler.max_slots_in_use == 2
     assert sim_world.max_connecting == 1  # BlueZ-style: one connection attempt at a time
@@ -58,13 +58,13 @@ async def test_keep_connected_keeps_links_open_while_slots_suffice(
 ) -> None:
     devices = options_for(sim_world, ["controller", "dcc"])
     gateway = await gateway_factory(devices, max_connections=2, keep_connected=True, poll_interval=0.2)
-    await wait_until(lambda: all(w.stats.successes >= 4 for w in gateway.scheduler.workers.values()), 10)
+    await wait_until(lambda: all(w.stats.successes >= 4 for w in gateway.scheduler.units.values()), 10)
     assert all(sim_world.connects[d.mac_address] == 1 for d in devices)
     assert sim_world.connected == 2
     # a third device: three devices, two slots, so links may no longer stay open
     third = sim_world.add("inverter", mac="C4:64:E3:00:00:10")
     gateway.scheduler.add(DeviceRecord(third.mac, "renogy_inverter", "Inv"), create_device("renogy_inverter"))
-    await wait_until(lambda: gateway.scheduler.workers[third.mac].stats.successes >= 2, 10)
+    await wait_until(lambda: gateway.scheduler.unit(third.mac).stats.successes >= 2, 10)
     before = dict(sim_world.connects)
     await wait_until(lambda: all(sim_world.connects[d.mac_address] > before[d.mac_address] for d in devices), 10)
     assert sim_world.max_connected <= 2
@@ -75,9 +75,9 @@ async def test_without_keep_connected_every_poll_connects_and_disconnects(
 ) -> None:
     (device,) = options_for(sim_world, ["controller"])
     gateway = await gateway_factory((device,), max_connections=2, keep_connected=False, poll_interval=0.2)
-    worker = gateway.scheduler.workers[device.mac_address]
+    worker = gateway.scheduler.unit(device.mac_address)
     await wait_until(lambda: worker.stats.successes >= 4, 10)
-    await wait_until(lambda: not worker.lock.locked(), 2)
+    await wait_until(lambda: not worker.module.lock.locked(), 2)
     assert sim_world.connects[device.mac_address] >= 4
     assert sim_world.connected == 0
     assert gateway.scheduler.slots_in_use == 0
@@ -91,7 +91,7 @@ async def test_link_loss_goes_unavailable_after_three_failures_and_comes_back(
     mac = device.mac_address
     mac_id = mac.replace(":", "")
     gateway = await gateway_factory((device,), poll_interval=0.3)
-    worker = gateway.scheduler.workers[mac]
+    worker = gateway.scheduler.unit(mac)
     await recorder.await_topic(f"blupow/{mac_id}/availability", 5, match=lambda m: m.text == "online")
     await recorder.await_topic(EVENT, 5, match=lambda m: m.json()["type"] == "device_connected")
 
@@ -129,7 +129,7 @@ async def test_two_failures_do_not_make_a_device_unavailable(
     (device,) = options_for(sim_world, ["controller"])
     mac_id = device.mac_address.replace(":", "")
     gateway = await gateway_factory((device,), poll_interval=0.3)
-    worker = gateway.scheduler.workers[device.mac_address]
+    worker = gateway.scheduler.unit(device.mac_address)
     await recorder.await_topic(f"blupow/{mac_id}/availability", 5, match=lambda m: m.text == "online")
     await recorder.await_topic(EVENT, 5, match=lambda m: m.json()["type"] == "device_connected")
     since = recorder.mark()
@@ -174,8 +174,8 @@ async def test_a_failing_device_is_retried_less_and_less_often(
     )
     started = time.monotonic()
     await asyncio.sleep(2.0)
-    ok = gateway.scheduler.workers[healthy.mac_address].stats.attempts
-    failed = gateway.scheduler.workers[broken.mac_address].stats.attempts
+    ok = gateway.scheduler.unit(healthy.mac_address).stats.attempts
+    failed = gateway.scheduler.unit(broken.mac_address).stats.attempts
     elapsed = time.monotonic() - started
     # 0.1, 0.2, 0.4, 0.8 s apart: about 5 tries in 2 s, while the healthy one is polled ~every 0.1 s
     assert 3 <= failed <= 6, failed
@@ -189,7 +189,7 @@ async def test_newly_added_device_is_polled_at_once(gateway_factory: GatewayFact
     await gateway.add_device(
         DeviceRecord(sim.mac, "renogy_charge_controller", "x"), create_device("renogy_charge_controller")
     )
-    await wait_until(lambda: gateway.scheduler.workers[sim.mac].stats.successes == 1, 2)
+    await wait_until(lambda: gateway.scheduler.unit(sim.mac).stats.successes == 1, 2)
     print(f"first poll of a new device done {1000 * (time.monotonic() - started):.0f} ms after add_device")
 
 

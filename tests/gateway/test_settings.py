@@ -433,8 +433,24 @@ def test_duplicate_mac_addresses(tmp_path: Path) -> None:
         ]
     }
     assert file_error(tmp_path, data) == (
-        "options: devices[2].mac_address AA:BB:CC:DD:EE:01 is already used by devices[0] "
-        "(each device may be listed once)"
+        "options: devices[2].mac_address AA:BB:CC:DD:EE:01 is already used by devices[0]: several devices "
+        "behind one Bluetooth module each need their own modbus_id (e.g. 48, 49, ... for a battery bank)"
+    )
+
+
+def test_units_behind_one_module(tmp_path: Path) -> None:
+    """A battery bank on one BT-2: one MAC, one entry per battery, each at its own Modbus ID."""
+    bank = [{"mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_battery", "modbus_id": i} for i in (48, 49, 50)]
+    s = load_file(tmp_path, {"devices": bank})
+    assert [(d.mac_address, d.modbus_id) for d in s.devices] == [("AA:BB:CC:DD:EE:01", i) for i in (48, 49, 50)]
+    twice = [*bank, {"mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_battery", "modbus_id": 49}]
+    assert file_error(tmp_path, {"devices": twice}) == (
+        "options: devices[3]: AA:BB:CC:DD:EE:01 with modbus_id 49 is already devices[1]"
+    )
+    broadcast = [bank[0], {"mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_charge_controller", "modbus_id": 255}]
+    assert file_error(tmp_path, {"devices": broadcast}) == (
+        "options: devices[1]: modbus_id 255 reaches every device on a shared bus (AA:BB:CC:DD:EE:01 is already "
+        "used by devices[0]); give each its own modbus_id"
     )
 
 

@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 from . import devices as registry
 from .devices import BaseDevice
+from .modules import BROADCAST_ID
 from .schema import ConfigError, InputError, clean, errors
-from .store import ORIGIN_OPTIONS, DeviceRecord, default_name, normalise_mac
+from .store import ORIGIN_OPTIONS, DeviceRecord, default_name, normalise_mac, unit_id_for
 from .tasks import stop_tasks
 
 _LOGGER = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ COMMANDS = (
     "update_device",
     "list_devices",
     "scan",
+    "probe_module",
     "poll_now",
     "health_check",
 )
@@ -51,21 +53,28 @@ class CommandError(Exception):
 
 
 class Registry(Protocol):
-    """What commands need from the gateway."""
+    """What commands need from the gateway. Devices are *units* (a driver at a Modbus ID)
+    behind *modules* (one MAC, one BLE link); a unit's ``topic_id`` is its key."""
 
-    def get(self, mac: str) -> DeviceRecord | None: ...
+    def units_of(self, mac: str) -> list[tuple[DeviceRecord, int | None]]: ...
+
+    def profile_of(self, mac: str) -> BaseDevice | None: ...
 
     async def add_device(self, record: DeviceRecord, device: BaseDevice) -> dict[str, Any]: ...
 
-    async def remove_device(self, mac: str) -> None: ...
+    async def remove_device(self, key: str) -> None: ...
 
     async def update_device(self, record: DeviceRecord, device: BaseDevice | None) -> dict[str, Any]: ...
 
     def list_devices(self) -> list[dict[str, Any]]: ...
 
+    def list_modules(self) -> list[dict[str, Any]]: ...
+
     async def scan(self, seconds: float) -> list[dict[str, Any]]: ...
 
-    def poll_now(self, mac: str | None) -> list[str]: ...
+    async def probe_module(self, mac: str) -> dict[str, Any]: ...
+
+    def poll_now(self, key: str | None) -> list[str]: ...
 
     def health(self) -> dict[str, Any]: ...
 
@@ -193,6 +202,47 @@ def _driver(type_name: str) -> type[BaseDevice]:
         raise CommandError(f"unknown type {type_name!r} (known: {', '.join(registry.known_types())})") from None
 
 
+# Modbus addresses a unit on a shared bus may use: 0 is broadcast without reply, 248-254 are
+# reserved by Modbus, and 255 reaches every device (fine only for a device alone on its module).
+UNIT_IDS = range(1, 248)
+ID_RANGE_TEXT = "1-247 for a unit on a shared bus, or 255 for a device alone on its module"
+
+
+def _check_id(modbus_id: int | None) -> None:
+    if modbus_id is not None and modbus_id not in UNIT_IDS and modbus_id != BROADCAST_ID:
+        raise CommandError(f"modbus_id {modbus_id} is out of range ({ID_RANGE_TEXT})")
+
+
+def _ids(units: list[tuple[DeviceRecord, int | None]]) -> str:
+    return ", ".join(str(i) for _r, i in units)
+
+
+def check_sibling(
+    mac: str, device: BaseDevice, siblings: list[tuple[DeviceRecord, int | None]], profile: BaseDevice | None
+) -> None:
+    """Refuse a unit that cannot share module ``mac`` with ``siblings``; the message names the fix."""
+    new_id = device.modbus_id
+    if any(i == new_id for _r, i in siblings):
+        raise CommandError(f"device {mac} already has a unit at Modbus id {new_id} (units: {_ids(siblings)})")
+    if new_id == BROADCAST_ID:
+        raise CommandError(
+            f"{mac} already carries {len(siblings)} unit(s) (Modbus ids {_ids(siblings)}): Modbus id 255 reaches "
+            "every device on a shared bus and their replies collide; give this unit its own modbus_id "
+            "(probe_module lists the IDs that answer)"
+        )
+    on_broadcast = [r for r, i in siblings if i == BROADCAST_ID]
+    if on_broadcast:
+        raise CommandError(
+            f"{on_broadcast[0].name} on {mac} uses Modbus id 255, which every device on a shared bus answers: "
+            f"give it its own modbus_id first (update_device with new_modbus_id), then add this unit"
+        )
+    if profile is not None and profile.gatt != device.gatt:
+        raise CommandError(
+            f"{device.type_name} cannot share {mac} with {profile.type_name}: they use different Bluetooth "
+            "services (a device with built-in Bluetooth is alone on its module)"
+        )
+
+
 def build_device(record: DeviceRecord) -> BaseDevice:
     """A driver instance for ``record``; raises :class:`CommandError` with the driver's message."""
     cls = _driver(record.type)
@@ -235,11 +285,40 @@ class CommandProcessor:
 
     # --- commands ---
 
+    def _select(self, body: Mapping[str, Any], *, legacy_change: bool = False) -> tuple[DeviceRecord, bool]:
+        """The unit a request names: ``mac_address``, plus ``modbus_id`` when the module carries several.
+
+        Returns the record and whether ``modbus_id`` selected it. With
+        ``legacy_change`` (update_device), a ``modbus_id`` that matches no unit of a
+        single-unit module is the change it always was, not a selector.
+        """
+        mac = _mac(body)
+        units = self.gateway.units_of(mac)
+        if not units:
+            raise CommandError(f"device {mac} not found")
+        wanted = body.get("modbus_id")
+        if wanted is not None:
+            for record, modbus_id in units:
+                if modbus_id == wanted:
+                    return record, True
+            if legacy_change and len(units) == 1:
+                return units[0][0], False
+            raise CommandError(f"device {mac} has no unit at Modbus id {wanted} (units: {_ids(units)})")
+        if len(units) > 1:
+            raise CommandError(f"{mac} carries {len(units)} units (Modbus ids {_ids(units)}): give modbus_id")
+        return units[0][0], False
+
     async def _cmd_add_device(self, body: dict[str, Any]) -> dict[str, Any]:
         mac = _mac(body)
         cls = _driver(body["type"])
-        if self.gateway.get(mac) is not None:
-            raise CommandError(f"device {mac} already exists")
+        siblings = self.gateway.units_of(mac)
+        if siblings and "modbus_id" not in body:
+            ids = _ids(siblings)
+            raise CommandError(
+                f"device {mac} already exists"
+                + (f" (units at Modbus ids {ids}; give modbus_id to add one beside them)" if len(siblings) > 1 else "")
+            )
+        _check_id(body.get("modbus_id"))
         name = body.get("name")
         record = DeviceRecord(
             mac_address=mac,
@@ -251,26 +330,35 @@ class CommandProcessor:
             enabled=body.get("enabled", True),
         )
         device = build_device(record)
+        if siblings:
+            check_sibling(mac, device, siblings, self.gateway.profile_of(mac))
+            # beside other units: its own key, fixed now, so it survives siblings coming and going
+            record = record.with_changes(unit_id=unit_id_for(mac, device.modbus_id))
+            if "name" not in body:
+                record = record.with_changes(name=f"{record.name} #{device.modbus_id}")
         return await self.gateway.add_device(record, device)
 
     async def _cmd_remove_device(self, body: dict[str, Any]) -> dict[str, Any]:
         mac = _mac(body)
-        record = self.gateway.get(mac)
-        if record is None:
-            raise CommandError(f"device {mac} not found")
+        record, _selected = self._select(body)
         if record.origin == ORIGIN_OPTIONS:
             raise CommandError(
                 f"device {mac} is listed in the add-on options; remove it there (or disable it with update_device)"
             )
-        await self.gateway.remove_device(mac)
-        return {"mac_address": mac}
+        modbus_id = next(i for r, i in self.gateway.units_of(mac) if r.topic_id == record.topic_id)
+        await self.gateway.remove_device(record.topic_id)
+        return {"mac_address": mac, "modbus_id": modbus_id, "unit_id": record.topic_id}
 
     async def _cmd_update_device(self, body: dict[str, Any]) -> dict[str, Any]:
         mac = _mac(body)
-        record = self.gateway.get(mac)
-        if record is None:
-            raise CommandError(f"device {mac} not found")
-        changes = {k: body[k] for k in ("name", "modbus_id", "variant", "config", "enabled") if k in body}
+        record, selected = self._select(body, legacy_change=True)
+        changes = {k: body[k] for k in ("name", "variant", "config", "enabled") if k in body}
+        if "new_modbus_id" in body:
+            changes["modbus_id"] = body["new_modbus_id"]
+        elif "modbus_id" in body and not selected:
+            changes["modbus_id"] = body["modbus_id"]  # a module's only unit: modbus_id is the change
+        if "modbus_id" in changes:
+            _check_id(changes["modbus_id"])
         if record.origin == ORIGIN_OPTIONS:
             locked = sorted(set(changes) - OPTIONS_EDITABLE)
             if locked:
@@ -286,22 +374,32 @@ class CommandProcessor:
         device = None
         if any(k in changes for k in ("modbus_id", "variant", "config")):
             device = build_device(updated)
+            siblings = [(r, i) for r, i in self.gateway.units_of(mac) if r.topic_id != record.topic_id]
+            if siblings:
+                check_sibling(mac, device, siblings, None)
         return await self.gateway.update_device(updated, device)
 
     async def _cmd_list_devices(self, _body: dict[str, Any]) -> dict[str, Any]:
-        return {"devices": self.gateway.list_devices()}
+        return {"devices": self.gateway.list_devices(), "modules": self.gateway.list_modules()}
 
     async def _cmd_scan(self, body: dict[str, Any]) -> dict[str, Any]:
         seconds = float(body.get("seconds", 5))
         return {"devices": await self.gateway.scan(seconds)}
 
+    async def _cmd_probe_module(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.gateway.probe_module(_mac(body))
+
     async def _cmd_poll_now(self, body: dict[str, Any]) -> dict[str, Any]:
-        mac = None
-        if "mac_address" in body:
+        key = None
+        if "mac_address" in body and "modbus_id" in body:
+            key = self._select(body)[0].topic_id
+        elif "mac_address" in body:  # the module: one session reads all its units anyway
             mac = _mac(body)
-            if self.gateway.get(mac) is None:
+            units = self.gateway.units_of(mac)
+            if not units:
                 raise CommandError(f"device {mac} not found")
-        return {"queued": self.gateway.poll_now(mac)}
+            key = units[0][0].topic_id
+        return {"queued": self.gateway.poll_now(key)}
 
     async def _cmd_health_check(self, _body: dict[str, Any]) -> dict[str, Any]:
         return self.gateway.health()

@@ -82,6 +82,7 @@ class Topics:
     def control_wildcard(self) -> str:
         return f"{self.base}/+/+/set"
 
+    # ``key``: a unit's key (modules.Unit.key); a MAC works too, as the key of its only unit.
     def device_state(self, mac: str) -> str:
         return f"{self.base}/{mac_id(mac)}/state"
 
@@ -162,12 +163,15 @@ def device_block(topics: Topics, record: DeviceRecord, device: BaseDevice, value
     model = _text(values.get(device.model_field)) if device.model_field else None
     block: dict[str, Any] = {
         "identifiers": [f"blupow_{record.topic_id}"],
-        "connections": [["mac", record.mac_address]],
         "name": record.name,
         "manufacturer": device.manufacturer,
         "model": model or device.model_hint or device.type_name,
         "via_device": topics.gateway_identifier,
     }
+    if record.unit_id is None:
+        # Only the module's first unit: Home Assistant merges devices that share a connection,
+        # so the batteries of one BT-2 would become one device.
+        block["connections"] = [["mac", record.mac_address]]
     sw = _text(values.get(device.sw_field)) if device.sw_field else None
     if sw:
         block["sw_version"] = sw
@@ -276,8 +280,8 @@ def device_configs(
     """Every discovery config of one device: ``{topic: payload}``."""
     block = device_block(topics, record, device, values)
     common = {
-        "state_topic": topics.device_state(record.mac_address),
-        "availability": [_gateway_availability(topics), {"topic": topics.availability(record.mac_address)}],
+        "state_topic": topics.device_state(record.topic_id),
+        "availability": [_gateway_availability(topics), {"topic": topics.availability(record.topic_id)}],
         "availability_mode": "all",
         "device": block,
         "origin": origin(version),
@@ -295,7 +299,7 @@ def device_configs(
         payload = {
             "name": control.display_name,
             "unique_id": object_id,
-            "command_topic": topics.control_set(record.mac_address, control.key),
+            "command_topic": topics.control_set(record.topic_id, control.key),
             "value_template": boolean_template(control.state_field),
             "payload_on": "ON",
             "payload_off": "OFF",

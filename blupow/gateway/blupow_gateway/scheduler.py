@@ -1,23 +1,30 @@
-"""Polling: when each device is read, over how many BLE connections, and what a failure does.
+"""Polling: when each module is read, over how many BLE connections, and what a failure does.
+
+The model is in modules.py: a *module* (one MAC, one BLE link) carries *units*
+(a driver at a Modbus ID). A poll is one session per module: connect once, read
+every unit one after another, each unit's outcome its own.
 
 Rules (docs/mqtt-api.md, "Device list" and "Device availability"):
 
-* every enabled device is polled every ``poll_interval`` seconds; a ticker
-  starts one *cycle* per interval and ``last_cycle_s`` is how long the slowest
-  device of that cycle took;
-* never more than ``max_connections`` BLE connections at once: a device needs
+* every module with an enabled unit is polled every ``poll_interval`` seconds;
+  a ticker starts one *cycle* per interval and ``last_cycle_s`` is how long the
+  slowest module of that cycle took;
+* never more than ``max_connections`` BLE connections at once: a module needs
   a *slot* before it connects and gives it back only after disconnecting;
 * connection attempts are serialised by one lock (BlueZ aborts an LE connect
   when another one is in flight), while reads on links that are already
   connected run concurrently;
-* with ``keep_connected`` and enough slots for every enabled device, links stay
-  open between polls (the device keeps its slot); otherwise each poll is
-  connect, read, disconnect;
-* after a failure the device is retried with exponential backoff and jitter
-  instead of at the next tick; after ``failures_before_offline`` consecutive
-  failures it is ``offline``, and ``online`` again on the next success;
-* a device that is added, enabled or asked for with ``poll_now`` is polled at
-  once;
+* with ``keep_connected`` and enough slots for every module, links stay open
+  between polls (the module keeps its slot); otherwise each poll is connect,
+  read, disconnect;
+* a unit that does not answer fails alone: its siblings are read as usual and
+  the link stays up. After ``failures_before_offline`` consecutive failures a
+  unit is ``offline``, and ``online`` again on its next success;
+* a module none of whose units answered (or that could not connect) is retried
+  with exponential backoff and jitter instead of at the next tick, and its
+  link is dropped;
+* a unit that is added, enabled or asked for with ``poll_now`` is polled at
+  once (with its module);
 * changing or removing a device never waits for its running poll: the poll is
   obsolete and is cancelled, and every wait for a task to stop is bounded
   (tasks.stop_task), so a command is answered in the time its own work takes.
@@ -33,13 +40,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from .devices import BaseDevice
 from .modbus import ModbusException
+from .modules import Cycle, Module, PollStats, Status, Unit
 from .store import DeviceRecord, utc_now
 from .tasks import stop_task, stop_tasks
 
@@ -47,12 +53,19 @@ _LOGGER = logging.getLogger(__name__)
 
 FAILURES_BEFORE_OFFLINE = 3
 
-
-class Status(StrEnum):
-    PENDING = "pending"
-    ONLINE = "online"
-    OFFLINE = "offline"
-    DISABLED = "disabled"
+__all__ = [
+    "ControlError",
+    "Link",
+    "LinkFactory",
+    "Listener",
+    "Module",
+    "PollStats",
+    "Scheduler",
+    "Status",
+    "Unit",
+    "default_link_factory",
+    "error_text",
+]
 
 
 class Link(Protocol):
@@ -77,75 +90,16 @@ class ControlError(Exception):
     """A control write failed; the message is meant for users."""
 
 
-@dataclass
-class PollStats:
-    attempts: int = 0
-    successes: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    last_latency_ms: int | None = None
-    last_error: str | None = None
-    last_poll: str | None = None
-    last_seen: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "attempts": self.attempts,
-            "successes": self.successes,
-            "failures": self.failures,
-            "consecutive_failures": self.consecutive_failures,
-            "last_latency_ms": self.last_latency_ms,
-            "last_poll": self.last_poll,
-        }
-
-
-@dataclass
-class Cycle:
-    started: float
-    pending: set[str]
-
-
-@dataclass(eq=False)
-class DeviceWorker:
-    """A configured device at run time: its driver, link, status and statistics."""
-
-    record: DeviceRecord
-    device: BaseDevice | None
-    error: str | None = None  # why ``device`` could not be built (record kept, not polled)
-    link: Any = None
-    status: Status = Status.PENDING
-    stats: PollStats = field(default_factory=PollStats)
-    values: dict[str, Any] = field(default_factory=dict)
-    registers: dict[int, int] = field(default_factory=dict)
-    rssi: int | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    task: asyncio.Task[None] | None = None
-    holds_slot: bool = False
-    retry_at: float | None = None
-    queued: bool = False
-    cycle: Cycle | None = None
-    connects: int = 0
-    retired: bool = False  # removed: its poll loop must end, whatever it was doing
-    controls: set[asyncio.Task[Any]] = field(default_factory=set)  # control writes in flight
-
-    @property
-    def mac(self) -> str:
-        return self.record.mac_address
-
-    @property
-    def pollable(self) -> bool:
-        return self.record.enabled and self.device is not None
-
-
 class Listener(Protocol):
     """What the gateway hears from the scheduler (all calls on the event loop)."""
 
-    def on_values(self, worker: DeviceWorker) -> None: ...
+    def on_values(self, unit: Unit) -> None: ...
 
-    def on_failure(self, worker: DeviceWorker, error: str) -> None: ...
+    def on_failure(self, unit: Unit, error: str) -> None: ...
 
-    def on_status(self, worker: DeviceWorker, old: Status, new: Status) -> None: ...
+    def on_status(self, unit: Unit, old: Status, new: Status) -> None: ...
+
+    def on_module_polled(self, module: Module) -> None: ...
 
     def on_cycle(self, seconds: float) -> None: ...
 
@@ -169,10 +123,10 @@ class _GuardedLink:
     always connected.
     """
 
-    def __init__(self, inner: Any, scheduler: Scheduler, worker: DeviceWorker) -> None:
+    def __init__(self, inner: Any, scheduler: Scheduler, module: Module) -> None:
         self.inner = inner
         self._scheduler = scheduler
-        self._worker = worker
+        self._module = module
 
     @property
     def connected(self) -> bool:
@@ -196,23 +150,32 @@ class _GuardedLink:
         if settle is not None:
             async with asyncio.timeout(self._scheduler.connect_guard):
                 await settle()
-        self._worker.connects += 1
+        self._module.connects += 1
         rssi = getattr(self.inner, "rssi", None)
         if isinstance(rssi, int):
-            self._worker.rssi = rssi
+            self._module.rssi = rssi
 
     async def disconnect(self) -> None:
         disconnect = getattr(self.inner, "disconnect", None)
         if disconnect is not None:
             await disconnect()
 
-    async def read_registers(self, slave_id: int, start: int, count: int) -> list[int]:
+    async def _ready_for(self, slave_id: int) -> None:
+        # A slave that just timed out may still send its late reply: the link asks it again
+        # on a fresh connection (transport.BleLink.fresh_needed), made here under the lock.
+        fresh_needed = getattr(self.inner, "fresh_needed", None)
+        if fresh_needed is not None and fresh_needed(slave_id):
+            await self.disconnect()
         await self.connect()
-        words: list[int] = await self.inner.read_registers(slave_id, start, count)
+
+    async def read_registers(self, slave_id: int, start: int, count: int, *, within: float | None = None) -> list[int]:
+        await self._ready_for(slave_id)
+        extra = {} if within is None else {"within": within}  # only probes pass one
+        words: list[int] = await self.inner.read_registers(slave_id, start, count, **extra)
         return words
 
     async def write_register(self, slave_id: int, register: int, value: int) -> None:
-        await self.connect()
+        await self._ready_for(slave_id)
         await self.inner.write_register(slave_id, register, value)
 
 
@@ -260,8 +223,9 @@ class Scheduler:
         self.connect_guard = connect_timeout * 4 + 10
         self.connect_lock = asyncio.Lock()
         self.connect_attempts = 0
-        self.workers: dict[str, DeviceWorker] = {}
-        self._pollable = 0  # workers whose ``pollable`` is true, counted by _rebalance
+        self.units: dict[str, Unit] = {}  # unit key -> unit
+        self.modules: dict[str, Module] = {}  # MAC -> module
+        self._pollable = 0  # modules whose ``pollable`` is true, counted by _rebalance
         self.last_cycle_s: float | None = None
         self.cycles = 0
         self.slots_in_use = 0
@@ -269,15 +233,15 @@ class Scheduler:
         self._slots = asyncio.Semaphore(max_connections)
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()  # every worker loop, including replaced ones
+        self._tasks: set[asyncio.Task[None]] = set()  # every module loop, including replaced ones
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle ---
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick(), name="poll-ticker")
-        for worker in self.workers.values():
-            self._start_worker(worker)
+        for module in self.modules.values():
+            self._start_module(module)
 
     @property
     def running(self) -> bool:
@@ -286,197 +250,269 @@ class Scheduler:
     async def stop(self, grace: float = 3.0) -> None:
         """Stop polling and close every link (each within ``grace`` seconds)."""
         self._stopping = True
-        for worker in self.workers.values():
-            worker.wake.set()
+        for module in self.modules.values():
+            module.wake.set()
         tasks: list[asyncio.Task[Any] | None] = [self._ticker, *self._tasks, *self._background]
-        for worker in self.workers.values():
-            tasks += worker.controls
+        for unit in self.units.values():
+            tasks += unit.controls
         await stop_tasks(tasks, grace)
-        await asyncio.gather(*(self._close(w, grace) for w in self.workers.values()), return_exceptions=True)
+        await asyncio.gather(*(self._close(m, grace) for m in self.modules.values()), return_exceptions=True)
 
     # --- the device set ---
 
     @property
     def keep_links(self) -> bool:
-        """Links stay open between polls only while every pollable device has a slot of its own."""
+        """Links stay open between polls only while every pollable module has a slot of its own."""
         return self.keep_connected and self._pollable <= self.max_connections
 
-    def add(self, record: DeviceRecord, device: BaseDevice | None, error: str | None = None) -> DeviceWorker:
-        worker = DeviceWorker(record=record, device=device, error=error)
-        if not worker.pollable:
-            worker.status = Status.DISABLED
-        self.workers[record.mac_address] = worker
+    def unit(self, mac: str, modbus_id: int | None = None) -> Unit | None:
+        """The unit at ``modbus_id`` behind ``mac``; without an ID, the module's only unit."""
+        module = self.modules.get(mac)
+        if module is None:
+            return None
+        units = list(module.units.values())
+        if modbus_id is None:
+            return units[0] if len(units) == 1 else None
+        return next((u for u in units if u.modbus_id == modbus_id), None)
+
+    def add(self, record: DeviceRecord, device: BaseDevice | None, error: str | None = None) -> Unit:
+        module = self.modules.get(record.mac_address)
+        if module is None:
+            module = self.modules[record.mac_address] = Module(mac=record.mac_address)
+            fresh = True
+        else:
+            fresh = False
+        unit = Unit(record=record, device=device, module=module, error=error)
+        if not unit.pollable:
+            unit.status = Status.DISABLED
+        module.units[unit.key] = unit
+        self.units[unit.key] = unit
         if self._ticker is not None:
-            self._start_worker(worker)
+            if fresh:
+                self._start_module(module)
+            elif unit.pollable:
+                self._trigger(module)  # a new unit is polled at once
         self._rebalance()
-        return worker
+        return unit
 
-    async def remove(self, mac: str) -> DeviceWorker | None:
-        """Take the device out and wait (bounded) until nothing of it runs or stays connected."""
-        worker = self.detach(mac)
-        if worker is not None:
-            await self.retire(worker)
-        return worker
+    async def remove(self, key: str) -> Unit | None:
+        """Take the unit out and wait (bounded) until nothing of it runs or stays connected."""
+        unit = self.detach(key)
+        if unit is not None:
+            await self.retire(unit)
+        return unit
 
-    def detach(self, mac: str) -> DeviceWorker | None:
-        """Take the device out of the schedule at once; :meth:`retire` finishes the job.
+    def detach(self, key: str) -> Unit | None:
+        """Take the unit out of the schedule at once; :meth:`retire` finishes the job.
 
         Separate so that the gateway can detach inside its registry lock (the next
-        command sees the device gone) and wait for the poll outside it.
+        command sees the unit gone) and wait outside it. A reading of the unit that
+        is under way is dropped when it arrives; the last unit of a module takes
+        the module (its loop and link) with it.
         """
-        worker = self.workers.pop(mac, None)
-        if worker is None:
+        unit = self.units.pop(key, None)
+        if unit is None:
             return None
-        worker.retired = True
-        worker.wake.set()  # a loop that lost its cancellation must not sleep on
-        for task in (worker.task, *worker.controls):
-            if task is not None:
-                task.cancel()
-        self._leave_cycle(worker)
+        unit.retired = True
+        for task in unit.controls:
+            task.cancel()
+        module = unit.module
+        module.units.pop(key, None)
+        if not module.units:
+            self.modules.pop(module.mac, None)
+            module.retired = True
+            module.wake.set()  # a loop that lost its cancellation must not sleep on
+            if module.task is not None:
+                module.task.cancel()
+            self._leave_cycle(module)
         self._rebalance()
-        return worker
+        return unit
 
-    async def retire(self, worker: DeviceWorker) -> None:
-        """Stop a detached worker's tasks (bounded) and close its link."""
-        await stop_tasks([worker.task, *worker.controls])
-        await self._close(worker)
+    async def retire(self, unit: Unit) -> None:
+        """Stop a detached unit's control writes and, with its last unit, its module (bounded)."""
+        await stop_tasks(list(unit.controls))
+        module = unit.module
+        if module.retired:
+            await stop_task(module.task)
+            await self._close(module)
 
-    def update(self, record: DeviceRecord, device: BaseDevice | None = None) -> DeviceWorker:
-        """Apply a changed record at once; a new ``device`` (driver) also means a new link.
+    def update(self, record: DeviceRecord, device: BaseDevice | None = None) -> Unit:
+        """Apply a changed record at once; a new ``device`` (driver) resets the unit's values.
 
         A poll that is running is not waited for (that made the answer take up to a
-        whole poll): when it is made obsolete, by a new driver or by disabling, it is
-        cancelled and the worker's new task closes the old link before going on.
+        whole poll). A reading made with the old driver is dropped when it arrives.
+        When the module's link depends on the change (its only unit got a new
+        driver, or it has no enabled unit left), the module's loop is cancelled and
+        a new one closes the old link before going on.
         """
-        worker = self.workers[record.mac_address]
-        worker.record = record
+        unit = self.units[record.topic_id]
+        module = unit.module
+        unit.record = record
         if device is not None:
-            worker.device = device
-            worker.error = None
-            worker.values = {}
-            worker.registers = {}
-        if device is not None or not worker.pollable:
-            self._restart(worker)
-        if not worker.pollable:
-            self._leave_cycle(worker)
-            worker.retry_at = None
-            self._set_status(worker, Status.DISABLED)
-        if worker.pollable and (worker.status == Status.DISABLED or device is not None):
-            worker.stats.consecutive_failures = 0
-            self._set_status(worker, Status.PENDING)
-            worker.retry_at = None
-            self._trigger(worker)
+            unit.device = device
+            unit.error = None
+            unit.values = {}
+            unit.registers = {}
+        if (device is not None and not module.shared()) or not module.pollable:
+            self._restart(module)
+        if not unit.pollable:
+            self._set_status(unit, Status.DISABLED)
+            if not module.pollable:
+                self._leave_cycle(module)
+                module.retry_at = None
+        if unit.pollable and (unit.status == Status.DISABLED or device is not None):
+            unit.stats.consecutive_failures = 0
+            self._set_status(unit, Status.PENDING)
+            module.retry_at = None
+            self._trigger(module)
         self._rebalance()
-        return worker
+        return unit
 
-    def _restart(self, worker: DeviceWorker) -> None:
-        """Cancel the worker's loop; a new one closes the old link first, then polls as usual."""
-        previous, old_link = worker.task, worker.link
-        worker.link = None
+    def _restart(self, module: Module) -> None:
+        """Cancel the module's loop; a new one closes the old link first, then polls as usual."""
+        previous, old_link = module.task, module.link
+        module.link = None
         if previous is not None:
             previous.cancel()
         if self._ticker is not None:
-            self._start_worker(worker, after=(previous, old_link))
+            self._start_module(module, after=(previous, old_link))
 
-    def poll_now(self, mac: str | None = None) -> list[str]:
-        targets = [self.workers[mac]] if mac is not None else list(self.workers.values())
-        targets = [w for w in targets if w.pollable]
-        idle = [w for w in targets if not w.queued and not w.lock.locked()]
-        if mac is None and idle:
+    def poll_now(self, key: str | None = None) -> list[str]:
+        """Poll the module of unit ``key`` (a module's MAC works too; None: every module) at once.
+
+        Returns the MACs queued.
+        """
+        if key is None:
+            targets = list(self.modules.values())
+        else:
+            targets = [self.modules[key] if key in self.modules else self.units[key].module]
+        targets = [m for m in targets if m.pollable]
+        idle = [m for m in targets if not m.queued and not m.lock.locked()]
+        if key is None and idle:
             self._begin_cycle(idle)
-        for worker in targets:
-            self._trigger(worker)
-        return [w.mac for w in targets]
+        for module in targets:
+            self._trigger(module)
+        return [m.mac for m in targets]
+
+    @contextlib.asynccontextmanager
+    async def session(self, mac: str, profile: BaseDevice) -> AsyncIterator[_GuardedLink]:
+        """A connected link to module ``mac`` for work other than polling (probe_module).
+
+        A configured module lends its own link between polls (the module accepts one
+        central only); any other module gets a temporary link that takes a connection
+        slot and the connect lock like a poll, and is closed afterwards.
+        """
+        module = self.modules.get(mac)
+        if module is not None and module.profile() is not None:
+            async with module.lock:
+                await self._take_slot(module)
+                link = self._link(module)
+                try:
+                    await link.connect()
+                    yield link
+                finally:
+                    if not self.keep_links or not module.pollable:
+                        await self._release(module)
+            return
+        temporary = Module(mac=mac)
+        record = DeviceRecord(mac_address=mac, type=profile.type_name, name=mac)
+        await self._take_slot(temporary)
+        link = temporary.link = _GuardedLink(self.link_factory(record, profile), self, temporary)
+        try:
+            await link.connect()
+            yield link
+        finally:
+            await self._release(temporary)
 
     # --- controls ---
 
-    async def write_control(self, mac: str, key: str, on: bool) -> Any:
+    async def write_control(self, key: str, control_key: str, on: bool) -> Any:
         """Write a control, read its state back and return the read-back value."""
-        worker = self.workers.get(mac)
-        if worker is None or worker.device is None:
-            raise ControlError(f"device {mac} is not available")
-        control = worker.device.control(key)
+        unit = self.units.get(key)
+        if unit is None or unit.device is None:
+            raise ControlError(f"device {key} is not available")
+        control = unit.device.control(control_key)
         if control is None:
-            raise ControlError(f"{worker.record.type} has no control {key!r}")
-        if not worker.record.enabled:
-            raise ControlError(f"device {mac} is disabled")
-        device = worker.device
+            raise ControlError(f"{unit.record.type} has no control {control_key!r}")
+        if not unit.record.enabled:
+            raise ControlError(f"device {unit.record.name} is disabled")
+        device, module = unit.device, unit.module
         task = asyncio.current_task()
-        if task is not None:  # removing the device cancels it (and waits for it, bounded)
-            worker.controls.add(task)
+        if task is not None:  # removing the unit cancels it (and waits for it, bounded)
+            unit.controls.add(task)
         try:
-            async with worker.lock:
-                await self._take_slot(worker)
+            async with module.lock:
+                await self._take_slot(module)
                 try:
-                    link = self._link(worker)
+                    link = self._link(module)
                     async with asyncio.timeout(self.connect_guard + self.request_timeout * 3 + 5):
-                        await device.write_control(link, key, on)
+                        await device.write_control(link, control_key, on)
                         block = device.block_for_field(control.state_field)
                         if block is not None:
                             words = await link.read_registers(device.modbus_id, block.start, block.count)
                             for i, word in enumerate(words):
-                                worker.registers[block.start + i] = word
+                                unit.registers[block.start + i] = word
                 except Exception as exc:
-                    await self._release(worker)
-                    raise ControlError(f"writing {key} failed: {error_text(exc)}") from exc
+                    await self._release(module)
+                    raise ControlError(f"writing {control_key} failed: {error_text(exc)}") from exc
                 if not self.keep_links:
-                    await self._release(worker)
-                worker.values = device.decode(worker.registers)
+                    await self._release(module)
+                unit.values = device.decode(unit.registers)
         finally:
-            worker.controls.discard(task)  # type: ignore[arg-type]
-        if worker.retired or self.workers.get(worker.mac) is not worker:
-            raise ControlError(f"device {mac} was removed")
-        self.listener.on_values(worker)
-        return worker.values.get(control.state_field)
+            unit.controls.discard(task)  # type: ignore[arg-type]
+        if unit.retired:
+            raise ControlError(f"device {unit.record.name} was removed")
+        self.listener.on_values(unit)
+        return unit.values.get(control.state_field)
 
-    # --- internals: workers ---
+    # --- internals: module loops ---
 
-    def _start_worker(
-        self, worker: DeviceWorker, after: tuple[asyncio.Task[None] | None, _GuardedLink | None] | None = None
+    def _start_module(
+        self, module: Module, after: tuple[asyncio.Task[None] | None, _GuardedLink | None] | None = None
     ) -> None:
-        worker.task = task = asyncio.create_task(self._run(worker, after), name=f"poll-{worker.mac}")
+        module.task = task = asyncio.create_task(self._run(module, after), name=f"poll-{module.mac}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if worker.pollable:
-            self._trigger(worker)  # a new device is polled at once
+        if module.pollable:
+            self._trigger(module)  # a new module is polled at once
 
-    def _trigger(self, worker: DeviceWorker) -> None:
-        worker.queued = True
-        worker.wake.set()
+    def _trigger(self, module: Module) -> None:
+        module.queued = True
+        module.wake.set()
 
     async def _run(
-        self, worker: DeviceWorker, after: tuple[asyncio.Task[None] | None, _GuardedLink | None] | None = None
+        self, module: Module, after: tuple[asyncio.Task[None] | None, _GuardedLink | None] | None = None
     ) -> None:
         loop = asyncio.get_running_loop()
         if after is not None:  # replacing a loop (update): the old one must be gone, its link closed
             previous, old_link = after
             await stop_task(previous)
-            await self._disconnect(worker, old_link)
+            await self._disconnect(module, old_link)
         # A cancellation can be lost in a library's wait (Python 3.11's wait_for): then
-        # ``retired`` or a newer task of the worker still ends this loop once the poll in
-        # hand returns, before it touches the worker again.
+        # ``retired`` or a newer task of the module still ends this loop once the poll in
+        # hand returns, before it touches the module again.
         me = asyncio.current_task()
-        while not self._stopping and not worker.retired and worker.task is me:
-            if not worker.wake.is_set():
-                delay = None if worker.retry_at is None else max(0.0, worker.retry_at - loop.time())
+        while not self._stopping and not module.retired and module.task is me:
+            if not module.wake.is_set():
+                delay = None if module.retry_at is None else max(0.0, module.retry_at - loop.time())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
-                        await worker.wake.wait()
-            if worker.retired or worker.task is not me:
+                        await module.wake.wait()
+            if module.retired or module.task is not me:
                 break
-            worker.wake.clear()
-            worker.queued = False
-            if not worker.pollable:
-                self._leave_cycle(worker)
+            module.wake.clear()
+            module.queued = False
+            if not module.pollable:
+                self._leave_cycle(module)
                 continue
-            ok = await self._poll(worker)
-            if worker.retired or worker.task is not me:
+            ok = await self._poll(module)
+            if module.retired or module.task is not me:
                 break
-            self._leave_cycle(worker)
+            self._leave_cycle(module)
             if ok:
-                worker.retry_at = None
+                module.retry_at = None
             else:
-                worker.retry_at = loop.time() + self.backoff(worker.stats.consecutive_failures)
+                module.retry_at = loop.time() + self.backoff(module.failures)
 
     def backoff(self, failures: int) -> float:
         """Seconds before the next try after ``failures`` consecutive failures."""
@@ -492,25 +528,25 @@ class Scheduler:
             if next_tick < loop.time():  # the loop was stalled: do not catch up in a burst
                 next_tick = loop.time() + self.poll_interval
             due = [
-                w
-                for w in self.workers.values()
-                if w.pollable and w.retry_at is None and not w.queued and not w.lock.locked()
+                m
+                for m in self.modules.values()
+                if m.pollable and m.retry_at is None and not m.queued and not m.lock.locked()
             ]
             if due:
                 self._begin_cycle(due)
-                for worker in due:
-                    self._trigger(worker)
+                for module in due:
+                    self._trigger(module)
 
-    def _begin_cycle(self, workers: list[DeviceWorker]) -> None:
-        cycle = Cycle(started=time.monotonic(), pending={w.mac for w in workers})
-        for worker in workers:
-            worker.cycle = cycle
+    def _begin_cycle(self, modules: list[Module]) -> None:
+        cycle = Cycle(started=time.monotonic(), pending={m.mac for m in modules})
+        for module in modules:
+            module.cycle = cycle
 
-    def _leave_cycle(self, worker: DeviceWorker) -> None:
-        cycle, worker.cycle = worker.cycle, None
+    def _leave_cycle(self, module: Module) -> None:
+        cycle, module.cycle = module.cycle, None
         if cycle is None:
             return
-        cycle.pending.discard(worker.mac)
+        cycle.pending.discard(module.mac)
         if not cycle.pending:
             self.last_cycle_s = round(time.monotonic() - cycle.started, 3)
             self.cycles += 1
@@ -518,158 +554,191 @@ class Scheduler:
 
     # --- internals: one poll ---
 
-    def _link(self, worker: DeviceWorker) -> _GuardedLink:
-        if worker.link is None:
-            assert worker.device is not None
-            worker.link = _GuardedLink(self.link_factory(worker.record, worker.device), self, worker)
-        link: _GuardedLink = worker.link
+    def _link(self, module: Module) -> _GuardedLink:
+        if module.link is None:
+            profile = module.profile()
+            first = next(iter(module.units.values()))
+            assert profile is not None
+            module.link = _GuardedLink(self.link_factory(first.record, profile), self, module)
+        link: _GuardedLink = module.link
         return link
 
-    def _adopt_variant(self, worker: DeviceWorker, device: BaseDevice) -> BaseDevice:
+    def _adopt_variant(self, module: Module, unit: Unit, device: BaseDevice) -> BaseDevice:
         """Give a device added without a variant the one its advertised name implies.
 
         ``RNGRBP…`` is a Pro battery (Modbus id 0xFF, current in 0.1 A), not the
         legacy default (id 0x30): without this, adding it by type alone would time
-        out on every poll. An explicit variant or Modbus id from the user wins.
+        out on every poll. An explicit variant or Modbus id from the user wins. Only
+        for a module's only unit: the name is the module's, not a unit's behind it.
         """
-        if worker.record.variant is not None or not device.variants or worker.link is None:
+        if unit.record.variant is not None or not device.variants or module.link is None or module.shared():
             return device
-        name = getattr(worker.link.inner, "name", None)
+        name = getattr(module.link.inner, "name", None)
         detected = device.variant_for_name(name)
         if detected is None or detected == device.variant:
             return device
-        adopted = type(device)(modbus_id=worker.record.modbus_id, variant=detected, config=worker.record.config)
+        adopted = type(device)(modbus_id=unit.record.modbus_id, variant=detected, config=unit.record.config)
         _LOGGER.info(
-            "%s: advertised name %s means variant %s (Modbus id %d)", worker.mac, name, detected, adopted.modbus_id
+            "%s: advertised name %s means variant %s (Modbus id %d)", unit.key, name, detected, adopted.modbus_id
         )
-        worker.device = adopted
-        if hasattr(worker.link.inner, "device"):
-            worker.link.inner.device = adopted
+        unit.device = adopted
+        if hasattr(module.link.inner, "device"):
+            module.link.inner.device = adopted
         return adopted
 
     def _read_guard(self, device: BaseDevice) -> float:
         blocks = len(device.active_blocks())
         return self.request_timeout * (blocks + 2) + device.request_pacing * blocks + 10
 
-    async def _poll(self, worker: DeviceWorker) -> bool:
-        async with worker.lock:
-            device = worker.device
-            if not worker.pollable or self._stopping or device is None:
+    def _obsolete(self, module: Module, link: _GuardedLink | None) -> bool:
+        """The module was removed or its link replaced while this poll ran (a lost cancel)."""
+        return module.retired or (link is not None and module.link is not link)
+
+    async def _poll(self, module: Module) -> bool:
+        """One session: connect once, read every unit in turn; True if any unit answered."""
+        async with module.lock:
+            units = module.pollable_units()
+            if not units or self._stopping or module.retired:
                 return False
-            await self._take_slot(worker)
+            await self._take_slot(module)
             started = time.monotonic()
-            worker.stats.attempts += 1
             link: _GuardedLink | None = None
             try:
-                link = self._link(worker)
+                link = self._link(module)
                 await link.connect()
-                device = self._adopt_variant(worker, device)
-                async with asyncio.timeout(self._read_guard(device)):
-                    reading = await device.read(link)
             except Exception as exc:
-                if worker.retired or (link is not None and worker.link is not link):
-                    return False  # an obsolete poll: its link is closed by whoever replaced it
-                await self._release(worker)
-                self._failed(worker, exc, started)
+                if self._obsolete(module, link):
+                    return False
+                await self._release(module)
+                module.failures += 1
+                for unit in units:
+                    unit.stats.attempts += 1
+                    self._failed(unit, exc, started)
                 return False
-            if not self.keep_links:
-                await self._release(worker)
-            if worker.retired or worker.link is not link:
-                return False  # removed or changed meanwhile (a lost cancellation): drop the reading
-            rssi = getattr(worker.link.inner, "rssi", None)
-            if isinstance(rssi, int):
-                worker.rssi = rssi
-            self._succeeded(worker, reading.values, reading.registers, started)
-            if reading.skipped:
-                _LOGGER.debug("%s: skipped optional blocks: %s", worker.mac, "; ".join(reading.skipped))
-            return True
+            module.polls += 1
+            answered = 0
+            for unit in units:
+                if unit.retired or not unit.pollable:
+                    continue
+                answered += await self._read_unit(module, link, unit)
+                if self._obsolete(module, link):
+                    return False
+            if answered == 0:
+                # Nobody answered: the module itself is likely gone; start the next try clean.
+                module.failures += 1
+                await self._release(module)
+            else:
+                module.failures = 0
+                if not self.keep_links:
+                    await self._release(module)
+            self.listener.on_module_polled(module)
+            return answered > 0
 
-    def _succeeded(
-        self, worker: DeviceWorker, values: dict[str, Any], registers: dict[int, int], started: float
-    ) -> None:
+    async def _read_unit(self, module: Module, link: _GuardedLink, unit: Unit) -> bool:
+        assert unit.device is not None
+        device = self._adopt_variant(module, unit, unit.device)
+        unit.stats.attempts += 1
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._read_guard(device)):
+                reading = await device.read(link)
+        except Exception as exc:
+            if unit.retired or unit.device is not device or self._obsolete(module, link):
+                return False  # removed or changed meanwhile: this outcome is nobody's
+            self._failed(unit, exc, started)
+            return False
+        if unit.retired or unit.device is not device or not unit.pollable or self._obsolete(module, link):
+            return False  # removed, changed or disabled meanwhile: drop the reading
+        unit.polled_cycle = module.polls
+        self._succeeded(unit, reading.values, reading.registers, started)
+        if reading.skipped:
+            _LOGGER.debug("%s: skipped optional blocks: %s", unit.key, "; ".join(reading.skipped))
+        return True
+
+    def _succeeded(self, unit: Unit, values: dict[str, Any], registers: dict[int, int], started: float) -> None:
         now = utc_now()
-        stats = worker.stats
+        stats = unit.stats
         stats.successes += 1
         stats.consecutive_failures = 0
         stats.last_latency_ms = round((time.monotonic() - started) * 1000)
         stats.last_error = None
         stats.last_poll = now
         stats.last_seen = now
-        worker.values = values
-        worker.registers = dict(registers)
-        self.listener.on_values(worker)
-        self._set_status(worker, Status.ONLINE)
+        unit.values = values
+        unit.registers = dict(registers)
+        self.listener.on_values(unit)
+        self._set_status(unit, Status.ONLINE)
 
-    def _failed(self, worker: DeviceWorker, exc: Exception, started: float) -> None:
-        stats = worker.stats
+    def _failed(self, unit: Unit, exc: Exception, started: float) -> None:
+        stats = unit.stats
         error = error_text(exc)
         known = isinstance(exc, (TimeoutError, ModbusException)) or type(exc).__module__.endswith("transport")
         if not known and stats.consecutive_failures == 0:
-            _LOGGER.error("Polling %s failed unexpectedly", worker.mac, exc_info=exc)
+            _LOGGER.error("Polling %s failed unexpectedly", unit.key, exc_info=exc)
         stats.failures += 1
         stats.consecutive_failures += 1
         stats.last_latency_ms = round((time.monotonic() - started) * 1000)
         stats.last_error = error
         stats.last_poll = utc_now()
-        _LOGGER.debug("Polling %s failed (%d in a row): %s", worker.mac, stats.consecutive_failures, error)
-        self.listener.on_failure(worker, error)
+        _LOGGER.debug("Polling %s failed (%d in a row): %s", unit.key, stats.consecutive_failures, error)
+        self.listener.on_failure(unit, error)
         if stats.consecutive_failures >= self.failures_before_offline:
-            self._set_status(worker, Status.OFFLINE)
+            self._set_status(unit, Status.OFFLINE)
 
-    def _set_status(self, worker: DeviceWorker, new: Status) -> None:
-        old = worker.status
+    def _set_status(self, unit: Unit, new: Status) -> None:
+        old = unit.status
         if old == new:
             return
-        worker.status = new
-        self.listener.on_status(worker, old, new)
+        unit.status = new
+        self.listener.on_status(unit, old, new)
 
     # --- internals: connection slots ---
 
-    async def _take_slot(self, worker: DeviceWorker) -> None:
-        if worker.holds_slot:
+    async def _take_slot(self, module: Module) -> None:
+        if module.holds_slot:
             return
         await self._slots.acquire()
-        worker.holds_slot = True
+        module.holds_slot = True
         self.slots_in_use += 1
         self.max_slots_in_use = max(self.max_slots_in_use, self.slots_in_use)
 
-    async def _release(self, worker: DeviceWorker, grace: float = 10.0) -> None:
+    async def _release(self, module: Module, grace: float = 10.0) -> None:
         """Disconnect (if connected) and give the slot back; never raises but CancelledError."""
-        await self._disconnect(worker, worker.link, grace)
+        await self._disconnect(module, module.link, grace)
 
-    async def _disconnect(self, worker: DeviceWorker, link: _GuardedLink | None, grace: float = 10.0) -> None:
+    async def _disconnect(self, module: Module, link: _GuardedLink | None, grace: float = 10.0) -> None:
         try:
             if link is not None:
                 async with asyncio.timeout(grace):
                     await link.disconnect()
         except Exception as exc:
-            _LOGGER.debug("Disconnecting %s failed: %s", worker.mac, error_text(exc))
-        finally:  # even when cancelled mid-disconnect: a lost slot would starve other devices
-            if worker.holds_slot:
-                worker.holds_slot = False
+            _LOGGER.debug("Disconnecting %s failed: %s", module.mac, error_text(exc))
+        finally:  # even when cancelled mid-disconnect: a lost slot would starve other modules
+            if module.holds_slot:
+                module.holds_slot = False
                 self.slots_in_use -= 1
                 self._slots.release()
 
-    async def _close(self, worker: DeviceWorker, grace: float = 10.0) -> None:
-        await self._release(worker, grace)
+    async def _close(self, module: Module, grace: float = 10.0) -> None:
+        await self._release(module, grace)
 
     def _rebalance(self) -> None:
         """After add/remove/update: when links may no longer stay open, close the idle ones.
 
-        It also counts the pollable devices for ``keep_links``: once per change of
+        It also counts the pollable modules for ``keep_links``: once per change of
         the device set rather than on every poll (a count per poll made the cost
         of a poll grow with the number of devices).
         """
-        self._pollable = sum(1 for w in self.workers.values() if w.pollable)
+        self._pollable = sum(1 for m in self.modules.values() if m.pollable)
         if self.keep_links:
             return
-        for worker in list(self.workers.values()):
-            if worker.holds_slot and not worker.lock.locked():
-                task = asyncio.create_task(self._release_idle(worker))
+        for module in list(self.modules.values()):
+            if module.holds_slot and not module.lock.locked():
+                task = asyncio.create_task(self._release_idle(module))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-    async def _release_idle(self, worker: DeviceWorker) -> None:
-        async with worker.lock:
-            if worker.holds_slot and not self.keep_links:
-                await self._release(worker)
+    async def _release_idle(self, module: Module) -> None:
+        async with module.lock:
+            if module.holds_slot and not self.keep_links:
+                await self._release(module)

@@ -23,13 +23,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, commands
+from . import __version__, banks, commands, probe
 from . import devices as registry
 from .commands import CommandError, CommandLanes, CommandProcessor, Request, Response
 from .devices import BaseDevice
 from .discovery import Topics, config_inputs, device_configs, gateway_configs
+from .modules import Module, Status, Unit
 from .mqtt import Message, MqttClient, Will, new_client_id
-from .scheduler import DeviceWorker, LinkFactory, Scheduler, Status, default_link_factory
+from .scheduler import LinkFactory, Scheduler, default_link_factory, error_text
 from .store import ORIGIN_OPTIONS, DeviceRecord, DeviceStore, PublishedLedger, merge, utc_now
 from .tasks import stop_task, stop_tasks
 
@@ -149,7 +150,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ha_republish: asyncio.Task[None] | None = None
         self._republish: asyncio.Task[None] | None = None
-        self._awaiting_republish: set[str] = set()  # MACs the running republish has not reached
+        self._awaiting_republish: set[str] = set()  # unit keys the running republish has not reached
+        self._banks: dict[str, Unit] = {}  # module MAC -> its battery bank (banks.py)
         self._scanning = False
         self._stopped = False
 
@@ -219,7 +221,7 @@ class Gateway:
     # ================================================================== registry
 
     def records(self) -> list[DeviceRecord]:
-        return [w.record for w in self.scheduler.workers.values()]
+        return [w.record for w in self.scheduler.units.values()]
 
     def _build(self, record: DeviceRecord) -> tuple[BaseDevice | None, str | None]:
         try:
@@ -238,73 +240,97 @@ class Gateway:
             _LOGGER.error("Could not save the device registry %s: %s", self.store.path, exc.strerror or exc)
             raise CommandError(f"could not save the device registry ({exc.strerror or exc})") from exc
 
-    def get(self, mac: str) -> DeviceRecord | None:
-        worker = self.scheduler.workers.get(mac)
-        return worker.record if worker else None
+    def units_of(self, mac: str) -> list[tuple[DeviceRecord, int | None]]:
+        """The units behind module ``mac``: each record with the Modbus ID it is polled at."""
+        module = self.scheduler.modules.get(mac)
+        if module is None:
+            return []
+        return [(u.record, u.modbus_id) for u in module.units.values()]
+
+    def profile_of(self, mac: str) -> BaseDevice | None:
+        module = self.scheduler.modules.get(mac)
+        return module.profile() if module is not None else None
 
     async def add_device(self, record: DeviceRecord, device: BaseDevice) -> dict[str, Any]:
         async with self._registry_lock:
             await self._save([*self.records(), record])
-            worker = self.scheduler.add(record, device)  # polled as soon as this task yields
+            unit = self.scheduler.add(record, device)  # polled as soon as this task yields
         _LOGGER.info("Device %s (%s, %s) added by command", record.mac_address, record.name, record.type)
-        entry = self._entry(worker)
+        entry = self._entry(unit)
         # The answer goes out first (it is published as soon as this returns); the
         # discovery burst and the event follow on the next turn of the loop.
-        asyncio.get_running_loop().call_soon(self._announce_added, worker, entry)
+        asyncio.get_running_loop().call_soon(self._announce_added, unit, entry)
         return entry
 
-    def _announce_added(self, worker: DeviceWorker, entry: dict[str, Any]) -> None:
-        if self.scheduler.workers.get(worker.mac) is not worker:
+    def _announce_added(self, unit: Unit, entry: dict[str, Any]) -> None:
+        if self.scheduler.units.get(unit.key) is not unit:
             return  # removed again in the meantime
-        self._publish_discovery(worker)
-        self._event("device_added", worker.mac, entry)
+        self._publish_discovery(unit)
+        self._event("device_added", unit, entry)
         self._publish_devices()
 
-    async def remove_device(self, mac: str) -> None:
+    async def remove_device(self, key: str) -> None:
         async with self._registry_lock:
-            await self._save([r for r in self.records() if r.mac_address != mac])
-            worker = self.scheduler.detach(mac)
-        if worker is not None:  # outside the lock: other devices' commands need not wait for this
-            await self.scheduler.retire(worker)
-        self._clear_device(mac, worker)
-        _LOGGER.info("Device %s removed by command", mac)
-        self._event("device_removed", mac, {})
+            await self._save([r for r in self.records() if r.topic_id != key])
+            unit = self.scheduler.detach(key)
+        if unit is None:
+            return
+        await self.scheduler.retire(unit)  # outside the lock: other devices' commands need not wait
+        self._clear_device(key, unit)
+        if banks.is_member(unit.record.type):
+            self._refresh_bank(unit.module)
+        _LOGGER.info("Device %s removed by command", unit.record.name)
+        self._event("device_removed", unit, {})
         self._publish_devices()
         self._publish_health()
 
     async def update_device(self, record: DeviceRecord, device: BaseDevice | None) -> dict[str, Any]:
-        worker = self.scheduler.workers[record.mac_address]
-        old = worker.record
+        unit = self.scheduler.units[record.topic_id]
+        old = unit.record
         overrides = self.overrides
         if record.origin == ORIGIN_OPTIONS:
-            changes = dict(self.overrides.get(record.mac_address, {}))
+            changes = dict(self.overrides.get(record.topic_id, {}))
             changes.update(
                 {k: getattr(record, k) for k in ("name", "enabled") if getattr(record, k) != getattr(old, k)}
             )
-            overrides = {**self.overrides, record.mac_address: changes}
-        if device is None and worker.device is None and record.enabled:
+            overrides = {**self.overrides, record.topic_id: changes}
+        if device is None and unit.device is None and record.enabled:
             device, error = self._build(record)
             if device is None:
                 raise CommandError(f"device {record.mac_address} cannot be enabled: {error}")
         async with self._registry_lock:
-            records = [record if r.mac_address == record.mac_address else r for r in self.records()]
+            records = [record if r.topic_id == record.topic_id else r for r in self.records()]
             await self._save(records, overrides)
             self.overrides = overrides
             self.scheduler.update(record, device)  # at once: a running poll is cancelled, not awaited
         if device is not None:
-            self._publish_discovery(worker, prune=True)
+            self._publish_discovery(unit, prune=True)
         else:
-            self._publish_discovery(worker)
+            self._publish_discovery(unit)
         if old.enabled != record.enabled:
             _LOGGER.info("Device %s %s by command", record.mac_address, "enabled" if record.enabled else "disabled")
         else:
             _LOGGER.info("Device %s updated by command", record.mac_address)
-        self._event("device_updated", record.mac_address, self._entry(worker))
+        self._event("device_updated", unit, self._entry(unit))
         self._publish_devices()
-        return self._entry(worker)
+        return self._entry(unit)
 
     def list_devices(self) -> list[dict[str, Any]]:
-        return [self._entry(w) for w in self.scheduler.workers.values()]
+        return [self._entry(u) for u in self.scheduler.units.values()]
+
+    def list_modules(self) -> list[dict[str, Any]]:
+        """Module -> units: what shares a Bluetooth link."""
+        return [
+            {
+                "mac_address": module.mac,
+                "rssi": module.rssi,
+                "units": [
+                    {"modbus_id": u.modbus_id, "unit_id": u.key, "type": u.record.type, "name": u.record.name}
+                    for u in module.units.values()
+                ],
+            }
+            for module in self.scheduler.modules.values()
+        ]
 
     async def scan(self, seconds: float) -> list[dict[str, Any]]:
         if self._scanning:
@@ -324,7 +350,7 @@ class Gateway:
             raise CommandError(str(exc) or type(exc).__name__) from exc
         finally:
             self._scanning = False
-        configured = set(self.scheduler.workers)
+        configured = set(self.scheduler.modules)
         return [
             {
                 "mac_address": r.address.upper(),
@@ -336,80 +362,141 @@ class Gateway:
             for r in results
         ]
 
-    def poll_now(self, mac: str | None) -> list[str]:
-        return self.scheduler.poll_now(mac)
+    async def probe_module(self, mac: str) -> dict[str, Any]:
+        """Which units answer behind module ``mac`` (probe.py); read-only, bounded in time."""
+        # Every BT-1/BT-2 module has the same GATT layout: any of their drivers serves as profile.
+        profile = registry.create_device("renogy_charge_controller")
+        limit = self.scheduler.connect_guard + len(probe.candidates()) * probe.PROBE_TIMEOUT + 10
+        try:
+            async with asyncio.timeout(limit):
+                async with self.scheduler.session(mac, profile) as link:
+                    result = await probe.probe(link)
+        except TimeoutError:
+            raise CommandError(f"probing {mac} did not finish within {limit:g} s") from None
+        except Exception as exc:
+            raise CommandError(f"{mac} did not answer: {error_text(exc)}") from exc
+        if not result.units:
+            tried = ", ".join(str(i) for i in result.tried)
+            raise CommandError(
+                f"{mac} is connected, but no device answered at Modbus ids {tried}: check the RS-485 cable "
+                "between the module and the devices, and that they are powered"
+            )
+        configured = {modbus_id for _record, modbus_id in self.units_of(mac)}
+        units = [{**u.to_json(), "configured": u.modbus_id in configured} for u in result.units]
+        _LOGGER.info("Probed %s in %.1f s: %s", mac, result.seconds, result.summary())
+        return {"mac_address": mac, "units": units, "summary": result.summary(), "seconds": result.seconds}
+
+    def poll_now(self, key: str | None) -> list[str]:
+        return self.scheduler.poll_now(key)
 
     def health(self) -> dict[str, Any]:
-        workers = self.scheduler.workers.values()
+        units = self.scheduler.units.values()
         return {
             "healthy": self.mqtt.connected and self.scheduler.running,
             "version": self.version,
             "uptime_s": round(time.monotonic() - self.started),
             "mqtt_connected": self.mqtt.connected,
-            "devices_total": len(self.scheduler.workers),
-            "devices_online": sum(1 for w in workers if w.status == Status.ONLINE),
+            "devices_total": len(self.scheduler.units),
+            "devices_online": sum(1 for u in units if u.status == Status.ONLINE),
             "last_cycle_s": self.scheduler.last_cycle_s,
         }
 
-    def _entry(self, worker: DeviceWorker) -> dict[str, Any]:
-        record, device = worker.record, worker.device
-        model = worker.values.get(device.model_field) if device is not None and device.model_field else None
+    def _entry(self, unit: Unit) -> dict[str, Any]:
+        record, device = unit.record, unit.device
+        model = unit.values.get(device.model_field) if device is not None and device.model_field else None
         return {
             "mac_address": record.mac_address,
+            "unit_id": unit.key,
             "type": record.type,
             "name": record.name,
             "variant": device.variant if device is not None else record.variant,
             "modbus_id": device.modbus_id if device is not None else record.modbus_id,
             "origin": record.origin,
             "enabled": record.enabled,
-            "status": str(worker.status),
+            "status": str(unit.status),
             "model": model,
-            "last_seen": worker.stats.last_seen,
-            "last_error": worker.stats.last_error or worker.error,
-            "rssi": worker.rssi,
-            "stats": worker.stats.to_json(),
+            "last_seen": unit.stats.last_seen,
+            "last_error": unit.stats.last_error or unit.error,
+            "rssi": unit.rssi,
+            "stats": unit.stats.to_json(),
         }
 
     # ================================================================== scheduler listener
 
-    def on_values(self, worker: DeviceWorker) -> None:
-        self.mqtt.publish(self.topics.device_state(worker.mac), worker.values, qos=0, retain=True)
-        self._publish_discovery(worker, prune=True)
+    def on_values(self, unit: Unit) -> None:
+        self.mqtt.publish(self.topics.device_state(unit.key), unit.values, qos=0, retain=True)
+        self._publish_discovery(unit, prune=True)
         self._devices_dirty = True
 
-    def on_failure(self, worker: DeviceWorker, error: str) -> None:
-        self._event("device_failed", worker.mac, {"error": error})
+    def on_failure(self, unit: Unit, error: str) -> None:
+        self._event("device_failed", unit, {"error": error})
         self._devices_dirty = True
 
-    def on_status(self, worker: DeviceWorker, old: Status, new: Status) -> None:
-        mac, name = worker.mac, worker.record.name
+    def on_status(self, unit: Unit, old: Status, new: Status) -> None:
+        key, name = unit.key, unit.record.name
         if new == Status.ONLINE:
-            self._availability(worker)
-            model = self._entry(worker)["model"]
+            self._availability(unit)
+            model = self._entry(unit)["model"]
             _LOGGER.info(
                 "Device %s (%s) is online%s, poll took %s ms",
-                mac,
+                key,
                 name,
                 f" ({model})" if model else "",
-                worker.stats.last_latency_ms,
+                unit.stats.last_latency_ms,
             )
-            self._event("device_connected", mac, {})
+            self._event("device_connected", unit, {})
         elif new == Status.OFFLINE:
-            self._availability(worker)
+            self._availability(unit)
             _LOGGER.warning(
                 "Device %s (%s) is offline after %d failed polls: %s",
-                mac,
+                key,
                 name,
-                worker.stats.consecutive_failures,
-                worker.stats.last_error,
+                unit.stats.consecutive_failures,
+                unit.stats.last_error,
             )
-            self._event("device_unavailable", mac, {"error": worker.stats.last_error})
+            self._event("device_unavailable", unit, {"error": unit.stats.last_error})
         elif new == Status.DISABLED:
-            self._availability(worker)
+            self._availability(unit)
             if old != Status.PENDING:
-                self._event("device_unavailable", mac, {"error": "disabled"})
+                self._event("device_unavailable", unit, {"error": "disabled"})
         self._publish_devices()
         self._publish_health()
+
+    def on_module_polled(self, module: Module) -> None:
+        """After each module poll (every unit read in one session): the module's battery bank."""
+        self._refresh_bank(module)
+
+    def _refresh_bank(self, module: Module) -> None:
+        """Publish the bank of ``module``'s batteries from this poll; drop it below two members."""
+        members = [u for u in module.units.values() if banks.is_member(u.record.type) and u.pollable]
+        bank = self._banks.get(module.mac)
+        if len(members) < 2 or module.retired:
+            if bank is not None:
+                del self._banks[module.mac]
+                self._clear_device(bank.key, bank)
+            return
+        if bank is None:
+            key = banks.bank_key(members[0].record.topic_id.split("_")[0])
+            record = DeviceRecord(
+                mac_address=module.mac, type=banks.BatteryBank.type_name, name=f"Battery bank {key[8:12]}", unit_id=key
+            )
+            bank = self._banks[module.mac] = Unit(record=record, device=banks.BatteryBank(), module=module)
+        fresh = [u for u in members if u.polled_cycle == module.polls]
+        missing = [u.record.name for u in members if u.polled_cycle != module.polls]
+        assert bank.device is not None
+        bank.values = bank.device.aggregate([u.values for u in fresh], missing)  # type: ignore[attr-defined]
+        self.mqtt.publish(self.topics.device_state(bank.key), bank.values, qos=0, retain=True)
+        self._publish_discovery(bank, prune=not missing)
+        status = Status.OFFLINE if missing else Status.ONLINE
+        if status != bank.status:
+            bank.status = status
+            self._availability(bank)
+            if missing:
+                _LOGGER.warning("Battery bank %s is unavailable: %s did not answer", bank.key, ", ".join(missing))
+
+    def _live(self, unit: Unit) -> bool:
+        """Still configured: a unit of the scheduler, or a bank of one of its modules."""
+        return self.scheduler.units.get(unit.key) is unit or self._banks.get(unit.mac) is unit
 
     def on_cycle(self, seconds: float) -> None:
         _LOGGER.debug("Poll cycle finished in %.2f s", seconds)
@@ -434,36 +521,36 @@ class Gateway:
         """Every device's discovery, availability and state again, paced (a restart may repeat it)."""
         if self._republish is not None:
             self._republish.cancel()
-        workers = list(self.scheduler.workers.values())
+        units = list(self.scheduler.units.values())
         # Until the loop reaches them, polls of these devices publish their states only:
         # their discovery would bypass the pacing (and be sent twice).
-        self._awaiting_republish = {w.mac for w in workers}
-        self._republish = asyncio.ensure_future(self._republish_paced(workers))
+        self._awaiting_republish = {u.key for u in [*units, *self._banks.values()]}
+        self._republish = asyncio.ensure_future(self._republish_paced([*units, *self._banks.values()]))
         self._republish.set_name("republish")
         self._tasks.add(self._republish)
         self._republish.add_done_callback(self._task_done)
 
-    async def _republish_paced(self, workers: list[DeviceWorker]) -> None:
+    async def _republish_paced(self, units: list[Unit]) -> None:
         """Publish device by device, waiting for the broker's acknowledgements when many are pending.
 
         A large installation has thousands of retained discovery configs: sent at
         once they exceed paho's queue (MAX_QUEUED) and the rest would be dropped
         until the next cycle. Pausing above a high-water mark keeps every one.
         """
-        for worker in workers:
+        for unit in units:
             while self.mqtt.pending() >= REPUBLISH_HIGH_WATER:
                 if not self.mqtt.connected:
                     return  # the next connection starts again from the first device
                 await self.mqtt.wait_pending_below(REPUBLISH_HIGH_WATER // 2, 1.0)
             if not self.mqtt.connected:
                 return
-            self._awaiting_republish.discard(worker.mac)
-            if self.scheduler.workers.get(worker.mac) is not worker:
+            self._awaiting_republish.discard(unit.key)
+            if not self._live(unit):
                 continue  # removed meanwhile
-            self._publish_discovery(worker, force=True)
-            self._availability(worker)
-            if worker.values:
-                self.mqtt.publish(self.topics.device_state(worker.mac), worker.values, qos=0, retain=True)
+            self._publish_discovery(unit, force=True)
+            self._availability(unit)
+            if unit.values:
+                self.mqtt.publish(self.topics.device_state(unit.key), unit.values, qos=0, retain=True)
 
     def _on_command(self, message: Message) -> None:
         """Answer what cannot run at once; hand the rest to the lanes (commands.CommandLanes)."""
@@ -505,8 +592,8 @@ class Gateway:
         parts = message.topic[len(base) :].split("/")
         if len(parts) != 3 or parts[2] != "set":
             return
-        worker = next((w for w in self.scheduler.workers.values() if w.record.topic_id == parts[0].upper()), None)
-        if worker is None or worker.device is None or worker.device.control(parts[1]) is None:
+        unit = self.scheduler.units.get(parts[0].upper())
+        if unit is None or unit.device is None or unit.device.control(parts[1]) is None:
             return  # another gateway's device, or not a control of ours
         if message.retain:
             _LOGGER.warning("Ignored a retained %s: controls are only switched by live messages", message.topic)
@@ -514,27 +601,27 @@ class Gateway:
         on = _parse_switch(message.payload)
         if on is None:
             error = f"invalid payload for {parts[1]}: {message.payload[:40]!r} (use ON or OFF)"
-            _LOGGER.warning("Device %s: %s", worker.mac, error)
-            self._event("device_failed", worker.mac, {"error": error})
+            _LOGGER.warning("Device %s: %s", unit.key, error)
+            self._event("device_failed", unit, {"error": error})
             return
-        self._spawn(self._switch(worker, parts[1], on), f"control-{worker.mac}")
+        self._spawn(self._switch(unit, parts[1], on), f"control-{unit.key}")
 
-    async def _switch(self, worker: DeviceWorker, key: str, on: bool) -> None:
+    async def _switch(self, unit: Unit, key: str, on: bool) -> None:
         wanted = "ON" if on else "OFF"
         try:
-            value = await self.scheduler.write_control(worker.mac, key, on)
+            value = await self.scheduler.write_control(unit.key, key, on)
         except Exception as exc:
             error = str(exc)
-            _LOGGER.warning("Device %s: switching %s %s failed: %s", worker.mac, key, wanted, error)
-            self._event("device_failed", worker.mac, {"error": error})
+            _LOGGER.warning("Device %s: switching %s %s failed: %s", unit.key, key, wanted, error)
+            self._event("device_failed", unit, {"error": error})
             return
         if value is None or bool(value) != on:
             got = "unknown" if value is None else ("ON" if value else "OFF")
             error = f"{key} reads {got} after switching it {wanted}"
-            _LOGGER.warning("Device %s: %s", worker.mac, error)
-            self._event("device_failed", worker.mac, {"error": error})
+            _LOGGER.warning("Device %s: %s", unit.key, error)
+            self._event("device_failed", unit, {"error": error})
         else:
-            _LOGGER.info("Device %s: %s switched %s", worker.mac, key, wanted)
+            _LOGGER.info("Device %s: %s switched %s", unit.key, key, wanted)
 
     def _on_ha_status(self, message: Message) -> None:
         if message.payload.strip().lower() != b"online" or message.retain:
@@ -556,15 +643,22 @@ class Gateway:
 
     # ================================================================== MQTT out
 
-    def _event(self, kind: str, mac: str, data: dict[str, Any]) -> None:
-        payload = {"type": kind, "mac_address": mac, "time": utc_now(), "data": data}
+    def _event(self, kind: str, unit: Unit, data: dict[str, Any]) -> None:
+        payload = {
+            "type": kind,
+            "mac_address": unit.mac,
+            "modbus_id": unit.modbus_id,
+            "unit_id": unit.key,
+            "time": utc_now(),
+            "data": data,
+        }
         self.mqtt.publish(self.topics.event, payload, qos=1, retain=False, queue_offline=True)
 
-    def _availability(self, worker: DeviceWorker) -> None:
-        if worker.status == Status.PENDING:
+    def _availability(self, unit: Unit) -> None:
+        if unit.status == Status.PENDING:
             return  # unknown yet: leave the retained value of the previous run alone
-        text = "online" if worker.status == Status.ONLINE else "offline"
-        self.mqtt.publish(self.topics.availability(worker.mac), text, qos=1, retain=True)
+        text = "online" if unit.status == Status.ONLINE else "offline"
+        self.mqtt.publish(self.topics.availability(unit.key), text, qos=1, retain=True)
 
     def _publish_info(self) -> None:
         settings = self.settings
@@ -627,33 +721,35 @@ class Gateway:
             return True
         return False
 
-    def _discovery_values(self, worker: DeviceWorker) -> dict[str, Any]:
+    def _discovery_values(self, unit: Unit) -> dict[str, Any]:
         """The last values, or before the first poll the ones remembered from the last run."""
-        if worker.values:
-            return worker.values
-        remembered: dict[str, Any] = self._ledger.get(worker.mac, {}).get("values", {})
+        if unit.values:
+            return unit.values
+        remembered: dict[str, Any] = self._ledger.get(unit.key, {}).get("values", {})
         return remembered
 
-    def _publish_discovery(self, worker: DeviceWorker, *, force: bool = False, prune: bool = False) -> None:
+    def _publish_discovery(self, unit: Unit, *, force: bool = False, prune: bool = False) -> None:
         """Publish what changed; with ``prune`` (the full entity set is known) clear what vanished.
 
         Called after every poll: when nothing the configs depend on changed since
         the last complete delivery, it returns before building them (that build
         and its JSON encoding were half of the gateway's CPU per poll).
         """
-        mac = worker.mac
-        if worker.device is None:
+        mac = unit.key
+        if unit.device is None:
             return
         if not force and mac in self._awaiting_republish:
             return  # the paced republish will publish it (with whatever changed meanwhile)
-        values = self._discovery_values(worker)
-        inputs = config_inputs(worker.record, worker.device, values)
+        values = self._discovery_values(unit)
+        inputs = config_inputs(unit.record, unit.device, values)
         if not force and self._discovered.get(mac) == inputs:
             return
         self._discovered.pop(mac, None)
-        configs = device_configs(self.topics, worker.record, worker.device, values, self.version)
+        configs = device_configs(self.topics, unit.record, unit.device, values, self.version)
+        if isinstance(unit.device, banks.BatteryBank):
+            configs = banks.status_always_available(configs)
         known = self._device_topics.setdefault(mac, set(self._ledger.get(mac, {}).get("topics", [])))
-        complete = bool(prune and worker.values)  # the entity set is final: clear what vanished
+        complete = bool(prune and unit.values)  # the entity set is final: clear what vanished
         delivered = True
         if complete:
             for topic in known - set(configs):
@@ -665,24 +761,24 @@ class Gateway:
         for topic, payload in configs.items():
             delivered &= self._publish_config(topic, payload, force=force)
         known.update(configs)
-        self._remember(worker, known)
+        self._remember(unit, known)
         if complete and delivered:
             self._discovered[mac] = inputs
 
-    def _remember(self, worker: DeviceWorker, topics: set[str]) -> None:
-        device = worker.device
+    def _remember(self, unit: Unit, topics: set[str]) -> None:
+        device = unit.device
         keep: dict[str, Any] = {}
         if device is not None:
             wanted = {device.model_field, device.sw_field, device.serial_field}
-            wanted |= {f.key for f in device.active_fields() if isinstance(worker.values.get(f.key), list)}
-            keep = {k: v for k, v in worker.values.items() if k in wanted}
-        entry = self._ledger.get(worker.mac, {})
+            wanted |= {f.key for f in device.active_fields() if isinstance(unit.values.get(f.key), list)}
+            keep = {k: v for k, v in unit.values.items() if k in wanted}
+        entry = self._ledger.get(unit.key, {})
         new = {"topics": sorted(topics), "values": keep or entry.get("values", {})}
         if entry != new:
-            self._ledger[worker.mac] = new
+            self._ledger[unit.key] = new
             self._ledger_dirty = True
 
-    def _clear_device(self, mac: str, worker: DeviceWorker | None) -> bool:
+    def _clear_device(self, mac: str, unit: Unit | None) -> bool:
         """Empty retained payloads on every discovery, state and availability topic of ``mac``.
 
         Returns whether every clear was handed to the broker connection. If one was
@@ -694,9 +790,9 @@ class Gateway:
         self._discovered.pop(mac, None)
         self._awaiting_republish.discard(mac)
         topics |= set(self._ledger.get(mac, {}).get("topics", []))
-        if worker is not None and worker.device is not None:
-            values = worker.values or self._ledger.get(mac, {}).get("values", {})
-            topics |= set(device_configs(self.topics, worker.record, worker.device, values, self.version))
+        if unit is not None and unit.device is not None:
+            values = unit.values or self._ledger.get(mac, {}).get("values", {})
+            topics |= set(device_configs(self.topics, unit.record, unit.device, values, self.version))
         delivered = True
         for topic in sorted(topics):
             delivered &= self.mqtt.publish(topic, None, qos=1, retain=True)
@@ -715,7 +811,8 @@ class Gateway:
         """Entities of devices no longer configured: removed while the gateway was down (e.g. from
         the options), or whose clearing could not be sent. Runs on every connection and every few
         seconds while connected; nothing to do is the usual case."""
-        for mac in [m for m in self._ledger if m not in self.scheduler.workers]:
+        live = set(self.scheduler.units) | {b.key for b in self._banks.values()}
+        for mac in [m for m in self._ledger if m not in live]:
             if self._clear_device(mac, None):
                 _LOGGER.info("Cleared the Home Assistant entities of %s (no longer configured)", mac)
 

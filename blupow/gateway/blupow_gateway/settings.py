@@ -329,18 +329,40 @@ def _device(index: int, raw: Mapping[str, Any], prefix: str) -> DeviceOption:
 
 
 def _devices(raw_list: list[Mapping[str, Any]], prefix: str) -> tuple[DeviceOption, ...]:
+    """The devices; one MAC may be listed more than once for the units behind one module
+    (a battery bank on a BT-2, a Communication Hub), each with its own ``modbus_id``."""
     built: list[DeviceOption] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_list):
         device = _device(index, raw, prefix)
         if device.mac_address in seen:
-            raise ConfigError(
-                f"{prefix}: devices[{index}].mac_address {device.mac_address} is already used by "
-                f"devices[{seen[device.mac_address]}] (each device may be listed once)"
-            )
-        seen[device.mac_address] = index
+            _check_unit(built[seen[device.mac_address]], seen[device.mac_address], device, index, built, prefix)
+        else:
+            seen[device.mac_address] = index
         built.append(device)
     return tuple(built)
+
+
+def _check_unit(
+    first: DeviceOption, first_index: int, device: DeviceOption, index: int, built: list[DeviceOption], prefix: str
+) -> None:
+    """A second entry of a MAC: units on a shared bus need distinct, explicit IDs other than 255."""
+    where = f"{prefix}: devices[{index}]"
+    shared = f"{device.mac_address} is already used by devices[{first_index}]"
+    if device.modbus_id is None or first.modbus_id is None:
+        raise ConfigError(
+            f"{where}.mac_address {shared}: several devices behind one Bluetooth module each need their own "
+            "modbus_id (e.g. 48, 49, ... for a battery bank)"
+        )
+    if 255 in (device.modbus_id, first.modbus_id):
+        raise ConfigError(
+            f"{where}: modbus_id 255 reaches every device on a shared bus ({shared}); give each its own modbus_id"
+        )
+    for other_index, other in enumerate(built):
+        if other.mac_address == device.mac_address and other.modbus_id == device.modbus_id:
+            raise ConfigError(
+                f"{where}: {device.mac_address} with modbus_id {device.modbus_id} is already devices[{other_index}]"
+            )
 
 
 def _mqtt(raw: Mapping[str, Any]) -> MqttOverride:

@@ -34,7 +34,9 @@ from .devices.base import is_finite
 
 _LOGGER = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: records are units (one MAC may carry several, each with its own ``unit_id``). A schema-1
+# file (one record per MAC) is read as is: each record is the only unit of its module.
+SCHEMA_VERSION = 2
 FILE_NAME = "devices.json"
 ORIGIN_OPTIONS = "options"
 ORIGIN_COMMAND = "command"
@@ -54,6 +56,25 @@ def normalise_mac(text: str) -> str | None:
 def mac_id(mac: str) -> str:
     """The MAC as used in topics and unique ids: upper case, no colons."""
     return mac.replace(":", "").upper()
+
+
+_UNIT_ID = re.compile(r"^[0-9A-F]{12}(_[0-9]{1,3})?$")
+_LEDGER_KEY = re.compile(r"^[0-9A-F]{12}(_[0-9]{1,3}|_BANK)?$")  # units, and battery banks (banks.py)
+
+
+def unit_id_for(mac: str, modbus_id: int | None) -> str:
+    """The key of a unit added beside others on a module: ``C464E3383D0E_49``."""
+    return mac_id(mac) if modbus_id is None else f"{mac_id(mac)}_{modbus_id}"
+
+
+def normalise_key(key: str) -> str | None:
+    """A unit key as stored (``C464E3383D0E`` or ``C464E3383D0E_49``), or a MAC (the key of its
+    module's only unit, as files before schema 2 used it); None if it is neither."""
+    upper = key.strip().upper()
+    if _LEDGER_KEY.match(upper):
+        return key.strip() if upper.endswith("_BANK") else upper
+    mac = normalise_mac(key)
+    return mac_id(mac) if mac is not None else None
 
 
 def utc_now() -> str:
@@ -77,14 +98,17 @@ class DeviceRecord:
     enabled: bool = True
     origin: str = ORIGIN_COMMAND
     added: str = field(default_factory=utc_now)
+    # The unit's key (modules.Unit.key); None: the bare MAC id, as every record before units.
+    unit_id: str | None = None
 
     @property
     def topic_id(self) -> str:
-        return mac_id(self.mac_address)
+        return self.unit_id or mac_id(self.mac_address)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "mac_address": self.mac_address,
+            "unit_id": self.topic_id,
             "type": self.type,
             "name": self.name,
             "modbus_id": self.modbus_id,
@@ -135,7 +159,13 @@ def record_from_json(data: Any) -> DeviceRecord:
     if not isinstance(enabled, bool):
         raise RecordError(f"{normal}: invalid enabled {enabled!r}")
     added = data.get("added")
+    unit_id = data.get("unit_id")
+    if unit_id is not None and (not isinstance(unit_id, str) or not _UNIT_ID.match(unit_id)):
+        raise RecordError(f"{normal}: invalid unit_id {unit_id!r}")
+    if unit_id is not None and not unit_id.startswith(mac_id(normal)):
+        raise RecordError(f"{normal}: unit_id {unit_id!r} belongs to another MAC")
     return DeviceRecord(
+        unit_id=None if unit_id == mac_id(normal) else unit_id,
         mac_address=normal,
         type=type_name,
         name=name.strip(),
@@ -287,17 +317,17 @@ class DeviceStore:
                 mac = item.get("mac_address") if isinstance(item, Mapping) else None
                 rejected.append(f"{mac if isinstance(mac, str) else 'a record'}: nested too deeply")
                 continue
-            if record.mac_address in seen:
-                rejected.append(f"{record.mac_address}: listed twice")
+            if record.topic_id in seen:
+                rejected.append(f"{record.topic_id}: listed twice")
                 continue
-            seen.add(record.mac_address)
+            seen.add(record.topic_id)
             state.devices.append(record)
         if isinstance(overrides_raw, Mapping):
-            for mac, changes in overrides_raw.items():
-                normal = normalise_mac(mac) if isinstance(mac, str) else None
+            for key, changes in overrides_raw.items():
+                normal = normalise_key(key) if isinstance(key, str) else None
                 clean = _clean_overrides(changes)
                 if normal is None or clean is None:
-                    rejected.append(f"override {mac!r}: invalid")
+                    rejected.append(f"override {key!r}: invalid")
                     continue
                 if clean:
                     state.overrides[normal] = clean
@@ -320,7 +350,7 @@ class DeviceStore:
             "schema_version": SCHEMA_VERSION,
             "saved": utc_now(),
             "devices": [r.to_json() for r in records if r.origin == ORIGIN_COMMAND],
-            "options_overrides": {mac: dict(changes) for mac, changes in sorted(overrides.items()) if changes},
+            "options_overrides": {key: dict(changes) for key, changes in sorted(overrides.items()) if changes},
         }
         atomic_write_json(self.path, data)
 
@@ -405,8 +435,13 @@ def merge(options: Sequence[Any], stored: StoredState, hint_for: Any) -> Merged:
     overrides: dict[str, dict[str, Any]] = {}
     changed = False
     option_macs: set[str] = set()
+    option_keys: set[str] = set()
+    stored_overrides = {normalise_key(k) or k: v for k, v in stored.overrides.items()}
     for option in options:
         mac = normalise_mac(option.mac_address) or option.mac_address.upper()
+        # The first entry of a MAC is its module's first unit (the bare MAC id, as before
+        # units); further entries of the same MAC are units beside it, keyed by their ID.
+        unit_id = unit_id_for(mac, option.modbus_id) if mac in option_macs else None
         option_macs.add(mac)
         record = DeviceRecord(
             mac_address=mac,
@@ -417,14 +452,16 @@ def merge(options: Sequence[Any], stored: StoredState, hint_for: Any) -> Merged:
             config=copy.deepcopy(dict(option.config)) if option.config is not None else None,
             enabled=True,
             origin=ORIGIN_OPTIONS,
+            unit_id=unit_id,
         )
-        changes = stored.overrides.get(mac)
+        option_keys.add(record.topic_id)
+        changes = stored_overrides.get(record.topic_id)
         if changes:
             record = record.with_changes(**changes)
-            overrides[mac] = dict(changes)
+            overrides[record.topic_id] = dict(changes)
             _LOGGER.info(
                 "Device %s (options): keeping %s set by command",
-                mac,
+                record.topic_id,
                 ", ".join(f"{k}={v!r}" for k, v in changes.items()),
             )
         records.append(record)
@@ -438,7 +475,7 @@ def merge(options: Sequence[Any], stored: StoredState, hint_for: Any) -> Merged:
             changed = True
             continue
         records.append(record)
-    dropped = set(stored.overrides) - option_macs
+    dropped = set(stored_overrides) - option_keys
     if dropped:
         changed = True
         _LOGGER.debug("Forgetting command changes to devices no longer in the options: %s", ", ".join(sorted(dropped)))
@@ -474,8 +511,9 @@ class PublishedLedger:
         if not isinstance(entries, Mapping):
             return {}
         ledger: dict[str, dict[str, Any]] = {}
-        for mac, entry in entries.items():
-            normal = normalise_mac(mac) if isinstance(mac, str) else None
+        for key, entry in entries.items():
+            # keys are unit keys; files before schema 2 used MACs (the key of the only unit)
+            normal = normalise_key(key) if isinstance(key, str) else None
             if normal is None or not isinstance(entry, Mapping):
                 continue
             topics = [t for t in entry.get("topics", []) if isinstance(t, str)]
@@ -490,8 +528,8 @@ class PublishedLedger:
         data = {
             "schema_version": SCHEMA_VERSION,
             "devices": {
-                mac: {"topics": sorted(entry.get("topics", [])), "values": dict(entry.get("values", {}))}
-                for mac, entry in sorted(ledger.items())
+                key: {"topics": sorted(entry.get("topics", [])), "values": dict(entry.get("values", {}))}
+                for key, entry in sorted(ledger.items())
             },
         }
         atomic_write_json(self.path, data)

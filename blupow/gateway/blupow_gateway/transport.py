@@ -13,8 +13,11 @@ slaves on an RS-485 bus). It
 * sends one request at a time, reassembles the reply from notifications with
   :class:`~blupow_gateway.modbus.ResponseAssembler` and enforces a per-request
   timeout and pacing between requests,
-* after a timeout it drops the connection: a Modbus reply names no register, so a
-  late reply could otherwise be taken for the answer to the next request,
+* takes a reply only from the slave it asked (first byte = its ID); after a
+  timeout it keeps the link for the module's other units, and asks the silent
+  slave again on a fresh connection unless a late reply can no longer come
+  (:meth:`BleLink.fresh_needed`): a Modbus reply names no register, so a late
+  one could be taken for the next answer to the same slave,
 * does the inverter's one-off ``ffd4`` read after connecting,
 * either stays connected between polls or is disconnected by the caller.
 
@@ -51,6 +54,9 @@ ONE_CENTRAL_HINT = (
     "(Renogy ONE, another gateway) using it"
 )
 WRITE_RETRIES = 3  # org.bluez.Error.InProgress is transient
+# A reply later than this many request timeouts after its request is taken as never coming
+# (real modules answer in 70-350 ms; the default timeout is 3 s).
+LATE_REPLY_FACTOR = 3
 DISCOVERY_GRACE = 5.0  # seconds a cancelled scan still gets to start/stop cleanly (see _discovering)
 
 
@@ -94,6 +100,7 @@ class LinkStats:
     requests: int = 0
     timeouts: int = 0
     bad_frames: int = 0
+    drains: int = 0  # connections closed while a late reply could still come
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,7 @@ class BleLink:
         self._reply: asyncio.Future[bytes] | None = None
         self._lock = asyncio.Lock()
         self._last_request = 0.0
+        self._late_until: dict[int, float] = {}  # slave -> when a late reply can no longer come
         self._lost = False
         self._settled = False  # notifications on (and the init read done): requests may go
 
@@ -408,6 +416,9 @@ class BleLink:
         client, self._client = self._client, None
         self._write_char = self._notify_char = None
         self._settled = False
+        if self._late_until:
+            self.stats.drains += 1
+        self._late_until.clear()  # a late reply on the old connection never reaches a new one
         if client is None:
             return
         with contextlib.suppress(BleakError, EOFError, OSError, TimeoutError, AttributeError):
@@ -454,9 +465,15 @@ class BleLink:
             except (EOFError, OSError) as exc:
                 raise LinkLost(f"write to {self.address} failed: {describe_error(exc)}") from exc
 
-    async def request(self, request: modbus.Request) -> list[int] | int:
-        """Send ``request`` and return the parsed reply (see ``modbus.parse_response``)."""
+    async def request(self, request: modbus.Request, within: float | None = None) -> list[int] | int:
+        """Send ``request`` and return the parsed reply (see ``modbus.parse_response``).
+
+        ``within`` overrides the request timeout (a probe asks absent IDs and waits less).
+        """
+        wait = self.options.request_timeout if within is None else within
         async with self._lock:
+            if self.fresh_needed(request.slave_id):
+                await self._close_client()  # callers that guard connects reconnect before this
             if not self.connected:
                 await self.connect()
             await self._pace()
@@ -464,17 +481,16 @@ class BleLink:
             self._assembler = modbus.ResponseAssembler(request)
             self._reply = loop.create_future()
             self.stats.requests += 1
+            answered = False
             try:
                 await self._write(request.frame)  # its own timeout raises LinkLost, not TimeoutError
-                async with asyncio.timeout(self.options.request_timeout):
+                async with asyncio.timeout(wait):
                     frame = await self._reply
+                answered = True
             except TimeoutError:
                 self.stats.timeouts += 1
-                # The reply may still arrive and would be mistaken for the next
-                # one: drop the link so the next request starts clean.
-                await self._close_client()
                 raise ReplyTimeout(
-                    f"no reply from Modbus id {request.slave_id} within {self.options.request_timeout:g} s "
+                    f"no reply from Modbus id {request.slave_id} within {wait:g} s "
                     f"(wrong Modbus id, or the register block is not supported by this model)"
                 ) from None
             except LinkLost:
@@ -484,14 +500,37 @@ class BleLink:
                 self._last_request = time.monotonic()
                 self._assembler = None
                 self._reply = None
+                if not answered:  # timed out or cancelled: its reply may still come
+                    self._late_until[request.slave_id] = self._last_request + LATE_REPLY_FACTOR * max(
+                        wait, self.options.request_timeout
+                    )
             try:
                 return modbus.parse_response(frame, request)
             except modbus.FrameError as exc:  # the assembler only passes valid frames; defensive
                 self.stats.bad_frames += 1
                 raise BadReply(str(exc)) from exc
 
-    async def read_registers(self, slave_id: int, start: int, count: int) -> list[int]:
-        words = await self.request(modbus.Request.read(slave_id, start, count))
+    def fresh_needed(self, slave_id: int) -> bool:
+        """Whether ``slave_id`` must be asked on a fresh connection.
+
+        After a request times out (or is cancelled) its reply may still come. It
+        carries the slave's ID but names no register, so it could be taken for the
+        answer to the next request to the same slave. Requests to other slaves are
+        safe (the assembler takes only the asked ID): a silent unit neither stops
+        its siblings nor costs their link. The same slave is asked again on a new
+        connection, which drains whatever the old one still carried, unless
+        ``LATE_REPLY_FACTOR`` request timeouts have passed (no module is that late).
+        """
+        until = self._late_until.get(slave_id)
+        if until is None:
+            return False
+        if time.monotonic() >= until or not self._link_up:
+            del self._late_until[slave_id]
+            return False
+        return True
+
+    async def read_registers(self, slave_id: int, start: int, count: int, *, within: float | None = None) -> list[int]:
+        words = await self.request(modbus.Request.read(slave_id, start, count), within)
         assert isinstance(words, list)
         return words
 
