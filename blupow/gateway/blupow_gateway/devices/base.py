@@ -398,6 +398,9 @@ class BaseDevice:
     sw_field: ClassVar[str | None] = None
     requires_config: ClassVar[bool] = False
     scan_priority: ClassVar[int] = 50  # order among equally likely matches in a scan (lower first)
+    # Finding units behind a shared module (probe.py): the Modbus IDs where this family sits on a
+    # daisy chain or behind a Communication Hub (docs/devices.md lists them), read in that order.
+    probe_ids: ClassVar[tuple[int, ...]] = ()
     abstract: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -423,6 +426,22 @@ class BaseDevice:
         self._static: dict[int, int] = {}
         self._polls_since_static: int | None = None  # None: static blocks not read yet
         self._unanswered: set[int] = set()  # optional blocks that failed since the last refresh
+
+    # --- identification (probe.py): which family and variant a model text belongs to ---
+
+    @classmethod
+    def claims_model(cls, model: str) -> bool:
+        """Whether ``model`` (read at ``model_field``) is one of this family's; the default is yes."""
+        return True
+
+    @classmethod
+    def variant_for_model(cls, model: str, modbus_id: int) -> str | None:
+        """The variant a unit with this model at ``modbus_id`` is polled with (None: the default)."""
+        return None
+
+    def identity_block(self) -> Block | None:
+        """The registers that name the unit: the block holding the model (and serial, if nearby)."""
+        return self.block_for_field(self.model_field) if self.model_field else None
 
     # --- table access (instance methods so generic_modbus can build its own) ---
 

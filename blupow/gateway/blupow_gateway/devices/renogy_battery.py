@@ -136,6 +136,14 @@ class RenogyBattery(BaseDevice):
     )
     default_variant = "legacy"
     default_modbus_id = 0x30
+    # 0x30 upward behind a hub or BT-2 chain; 33-35 reported for a plain chain; 0xF7 a pack never
+    # auto-addressed (reference §1.2: the sources disagree, so all are tried)
+    probe_ids = (*range(48, 56), 33, 34, 35, 247)
+
+    @classmethod
+    def variant_for_model(cls, model: str, modbus_id: int) -> str | None:
+        return "legacy"  # behind a BT-2 (built-in-BLE packs are alone on their radio, at 0xFF)
+
     scan_priority = 30
     model_field = "model"
     serial_field = "serial_number"

@@ -24,6 +24,7 @@ from ._srne import (
     voltage,
 )
 from .base import BaseDevice, Block, Control, Enc, Field
+from .renogy_dcc import DCC_MODEL
 
 CHARGING_STATES = {
     0: "deactivated",
@@ -63,6 +64,12 @@ FAULTS = {
 
 
 class RenogyChargeController(BaseDevice):
+    probe_ids = (96, 97, 16, 17)  # behind a hub (0x60, 0x61); on a daisy chain 16/17
+
+    @classmethod
+    def claims_model(cls, model: str) -> bool:
+        return not DCC_MODEL.match(model.strip().upper())
+
     description = "Renogy MPPT/PWM charge controller (Rover, Rover Elite, Wanderer, Adventurer) via BT-1/BT-2"
     model_hint = "Charge controller"
     default_modbus_id = 0xFF

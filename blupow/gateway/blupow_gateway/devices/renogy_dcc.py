@@ -13,6 +13,7 @@ ends in "-G6" or the ``g6`` variant is configured.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ._srne import (
@@ -80,6 +81,10 @@ def _not_g6(values: dict[str, Any]) -> bool:
     return not str(values.get("model", "")).upper().endswith("-G6")
 
 
+# DC-DC chargers share the controllers' model register: DCC30S/DCC50S, RBC50D1S-G1 ... (reference §1.7)
+DCC_MODEL = re.compile(r"^(DCC|RBC\d+D)")
+
+
 class RenogyDcc(BaseDevice):
     description = "Renogy DC-DC charger with MPPT (DCC30S/DCC50S, RBC…D1S) via BT-2"
     model_hint = "DC-DC charger"
@@ -91,6 +96,16 @@ class RenogyDcc(BaseDevice):
         Variant("g6", 0xFF, "RBC…-G6: no 0x0120 status block (detected from the model as well)"),
     )
     default_variant = "standard"
+    probe_ids = (96, 97)  # behind a Communication Hub (cyrils/renogy-bt#59: 96)
+
+    @classmethod
+    def claims_model(cls, model: str) -> bool:
+        return bool(DCC_MODEL.match(model.strip().upper()))
+
+    @classmethod
+    def variant_for_model(cls, model: str, modbus_id: int) -> str | None:
+        return "g6" if model.strip().upper().endswith("-G6") else "standard"
+
     model_field = "model"
     serial_field = "serial_number"
     sw_field = "software_version"

@@ -22,6 +22,8 @@ CHARGING_STATUS = {
 
 
 class RenogyInverter(BaseDevice):
+    probe_ids = (32,)  # behind a hub and on a chain (0x20)
+
     description = "Renogy inverter or inverter/charger (RIV…, REGO) at Modbus id 0x20"
     model_hint = "Inverter"
     default_modbus_id = 0x20
