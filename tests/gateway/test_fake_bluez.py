@@ -30,7 +30,8 @@ from dbus_fast.aio import MessageBus
 from blupow_gateway import cli as gateway_cli
 from blupow_gateway import modbus
 from blupow_gateway.devices import create_device, driver
-from blupow_gateway.simulator import KINDS, SimulatedDevice
+from blupow_gateway.simulator import KINDS, SimulatedDevice, SimulatedModule, default_mac
+from blupow_gateway.simulator import cli as sim_cli
 from blupow_gateway.simulator.bus import ENV_VAR, PrivateBus
 from blupow_gateway.simulator.cli import SimControl
 from blupow_gateway.simulator.fake_bluez import (
@@ -45,6 +46,7 @@ from blupow_gateway.simulator.fake_bluez import (
     Failures,
     FakeBlueZ,
 )
+from blupow_gateway.simulator.module import valid_frame_end
 from blupow_gateway.transport import (
     BleLink,
     ConnectFailed,
@@ -54,7 +56,7 @@ from blupow_gateway.transport import (
     ReplyTimeout,
     scan,
 )
-from tests.plugins.fake_bluez import SimProcess
+from tests.plugins.fake_bluez import SimDevice, SimModule, SimProcess, SimUnit, parse_banner_line
 
 FAST = 0.005  # simulated module latency for most tests (real modules: 70-120 ms)
 ALL_KINDS = list(KINDS)
@@ -765,6 +767,10 @@ def test_sim_config_file_applies_failures_and_names(tmp_path: Path, sim_process:
         (["--devices", "controller,toaster"], "unknown device kind 'toaster'"),
         ([], "nothing to simulate"),
         (["--config", "/nonexistent/devices.yaml"], "cannot read"),
+        (
+            ["--devices", "hub:battery@48,controller@48"],
+            "--devices 'hub:battery@48,controller@48': Modbus ID 48 is given to two units (battery and controller)",
+        ),
     ],
 )
 def test_sim_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
@@ -787,6 +793,15 @@ def test_sim_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None
         ("- {kind: controller, failures: {fail_next_connects: -2}}\n", "whole number"),
         ("- {kind: controller, mac: 'nonsense'}\n", "mac must look like"),
         ("devices: [\n", "not valid YAML"),
+        ("- {kind: hub, units: []}\n", "devices[0]: units must be a non-empty list"),
+        (
+            "- {kind: hub, units: [{kind: battery, modbus_id: 48}, {kind: controller, modbus_id: 48}]}\n",
+            "devices[0]: Modbus ID 48 is given to two units (battery and controller)",
+        ),
+        ("- {kind: chain, units: [{kind: battery, faults: [slow]}]}\n", "devices[0].units[0]: unknown fault 'slow'"),
+        ("- {kind: hub, units: [{kind: battery, colour: red}]}\n", "devices[0].units[0]: unknown key(s) colour"),
+        ("- {kind: hub, units: [{kind: battery, modbus_id: 300}]}\n", "Modbus ID 300 is outside 1..247"),
+        ("- {kind: hub, units: [{kind: dcc}], late_after: 0}\n", "late_after must be a number of seconds > 0"),
     ],
 )
 def test_sim_bad_config_is_rejected_without_leftovers(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -834,6 +849,226 @@ def test_sim_leaves_no_process_behind_on_sigterm_stdin_close_or_sigkill(
         for pid in daemons:
             assert _wait_dead(pid, 3), f"dbus-daemon {pid} survived {how}"
         sim.stop()
+
+
+# --- modules: several Modbus units behind one BLE module -------------------------------------------
+
+
+async def test_module_is_added_and_advertised_as_one_bt2(fake_bluez: FakeBlueZ) -> None:
+    mod = fake_bluez.add("hub:battery*4,controller@97", latency=FAST)
+    assert isinstance(mod, SimulatedModule) and fake_bluez.peripheral(mod.mac).sim is mod
+    assert mod.mac == default_mac("hub") and sorted(mod.units) == [48, 49, 50, 51, 97]
+    assert all(unit.behaviour.latency == FAST for unit in mod.units.values())
+    assert fake_bluez.add("hub:battery").mac == default_mac("hub", 1)  # the next free MAC
+    found = await BleakScanner.discover(timeout=0.2, return_adv=True)
+    device, adv = found[mod.mac]
+    assert device.name == mod.name and adv.manufacturer_data == mod.manufacturer_data()
+    assert "renogy_battery" in {r.address: r for r in await scan(0.2)}[mod.mac].types
+
+
+@pytest.mark.usefixtures("fast_drivers")
+async def test_ble_link_reads_two_ids_of_one_module_over_one_connection(fake_bluez: FakeBlueZ) -> None:
+    mod = fake_bluez.add("hub:battery*4,controller@97", latency=FAST, frozen=True)
+    assert isinstance(mod, SimulatedModule)
+    link = BleLink(mod.mac, create_device("renogy_battery"), LinkOptions(connect_timeout=2.0, request_timeout=0.5))
+    async with link:
+        for modbus_id, start in ((48, 5110), (51, 5110), (97, 0x000C)):
+            registers = mod.units[modbus_id].registers
+            assert await link.read_registers(modbus_id, start, 8) == [registers[start + i] for i in range(8)]
+        for modbus_id in (49, 97):  # whole read plans of two families, same link
+            unit = mod.units[modbus_id]
+            reading = await create_device(unit.type_name, variant=unit.variant, modbus_id=modbus_id).read(link)
+            assert reading.values and reading.registers == {r: unit.registers[r] for r in reading.registers}
+            assert reading.values["serial_number"] == unit.truth["serial_number"]
+    stats = fake_bluez.peripheral(mod.mac).stats
+    assert stats.connects == 1 and stats.replies == len(stats.writes)
+    assert mod.units[48].truth["serial_number"] != mod.units[51].truth["serial_number"]
+
+
+async def test_module_bus_over_bleak_silence_collision_and_wrong_id(fake_bluez: FakeBlueZ) -> None:
+    mod = fake_bluez.add("hub:battery,battery+wrong-id", latency=FAST)
+    assert isinstance(mod, SimulatedModule)
+    got: list[bytes] = []
+    async with BleakClient(mod.mac, timeout=5) as client:
+        await client.start_notify(reply_char(client), lambda _char, data: got.append(bytes(data)))
+
+        async def ask(slave_id: int) -> bytes:
+            got.clear()
+            await client.write_gatt_char(request_char(client), modbus.read_request(slave_id, 5122, 8), response=False)
+            await asyncio.sleep(0.15)  # far past the units' latency
+            return b"".join(got)
+
+        assert await ask(50) == b""  # nobody at 50: silence, not an exception
+        right = await ask(48)
+        assert right[0] == 48 and modbus.crc_ok(right)
+        wrong = await ask(49)
+        assert wrong[0] == 50 and modbus.crc_ok(wrong) and wrong[1:-2] == right[1:-2]
+        garbage = await ask(0xFF)
+        assert garbage and valid_frame_end(garbage) is None
+    assert mod.collisions == 1
+
+
+async def test_ble_link_silent_and_late_units_fail_alone(fake_bluez: FakeBlueZ) -> None:
+    mod = fake_bluez.add("chain:battery,battery+silent,battery+late", latency=FAST)
+    assert isinstance(mod, SimulatedModule)
+    link = BleLink(mod.mac, create_device("renogy_battery"), LinkOptions(connect_timeout=2.0, request_timeout=0.2))
+    try:
+        for quiet in (49, 50):
+            with pytest.raises(ReplyTimeout):
+                await link.read_registers(quiet, 5000, 1)
+        assert await link.read_registers(48, 5000, 1) == [mod.units[48].registers[5000]]
+        mod.set_faults(49, [])  # restored at run time
+        assert await link.read_registers(49, 5000, 1) == [mod.units[49].registers[5000]]
+    finally:
+        await link.disconnect()
+    assert mod.units[49].requests == 1 and mod.units[50].requests == 1  # the late one did answer, too late
+
+
+async def test_sim_control_addresses_one_unit_of_a_module(fake_bluez: FakeBlueZ) -> None:
+    mod = fake_bluez.add("hub:battery*2,controller@97")
+    assert isinstance(mod, SimulatedModule)
+    control = SimControl(fake_bluez)
+    listed = control.handle({"op": "devices"})["devices"]
+    assert listed == [
+        {
+            "mac": mod.mac,
+            "type": "module",
+            "name": mod.name,
+            "variant": None,
+            "modbus_id": None,
+            "layout": "bt_module",
+            "topology": "hub",
+            "units": [
+                {"modbus_id": 48, "type": "renogy_battery", "variant": "legacy", "faults": []},
+                {"modbus_id": 49, "type": "renogy_battery", "variant": "legacy", "faults": []},
+                {"modbus_id": 97, "type": "renogy_charge_controller", "variant": None, "faults": []},
+            ],
+        }
+    ]
+    regs = control.handle({"op": "registers", "mac": mod.mac, "modbus_id": 97, "start": "0x000C", "count": 8})
+    assert regs["registers"] == {str(r): mod.units[97].registers[r] for r in range(0x000C, 0x0014)}
+    assert control.handle({"op": "truth", "mac": mod.mac, "modbus_id": "0x30"})["truth"] == mod.units[48].truth
+    assert control.handle({"op": "set_registers", "mac": mod.mac, "modbus_id": 49, "registers": {"5000": 7}})["ok"]
+    assert (mod.units[49].registers[5000], mod.units[48].registers[5000]) == (7, 4)
+    missing = control.handle({"op": "truth", "mac": mod.mac})
+    assert missing["error"] == f"'modbus_id' is required for the module {mod.mac} (units: 48, 49, 97)"
+    absent = control.handle({"op": "registers", "mac": mod.mac, "modbus_id": 50})
+    assert absent["error"] == f"no unit at Modbus ID 50 behind {mod.mac} (units: 48, 49, 97)"
+    silenced = control.handle({"op": "set", "mac": mod.mac, "modbus_id": 49, "faults": ["silent"]})
+    assert silenced["faults"] == ["silent"] and mod.units[49].behaviour.drop_replies
+    assert not mod.units[48].behaviour.drop_replies
+    restored = control.handle({"op": "set", "mac": mod.mac, "modbus_id": 49, "faults": []})
+    assert restored["faults"] == [] and not mod.units[49].behaviour.drop_replies
+    whole = control.handle({"op": "set", "mac": mod.mac, "behaviour": {"latency": 0.01, "chunk_size": 0}})
+    assert whole["ok"] and mod.behaviour.chunk_size == 0
+    assert all(u.behaviour.latency == 0.01 for u in mod.units.values())
+
+
+async def test_sim_control_module_requests_change_nothing_on_bad_input(fake_bluez: FakeBlueZ) -> None:
+    mod = fake_bluez.add("hub:battery*2")
+    assert isinstance(mod, SimulatedModule)
+    control = SimControl(fake_bluez)
+    no_unit = {"op": "set", "mac": mod.mac, "faults": ["silent"], "failures": {"fail_next_connects": 2}}
+    assert control.handle(no_unit)["error"] == "'faults' belong to one unit of a module: give 'modbus_id'"
+    bad_fault = {"op": "set", "mac": mod.mac, "modbus_id": 48, "faults": ["slow"], "behaviour": {"latency": 0.3}}
+    assert "unknown fault 'slow'" in control.handle(bad_fault)["error"]
+    assert fake_bluez.failures(mod.mac).fail_next_connects == 0
+    assert all(u.behaviour.latency != 0.3 and not u.behaviour.drop_replies for u in mod.units.values())
+    single = fake_bluez.add("controller")
+    assert control.handle({"op": "truth", "mac": single.mac, "modbus_id": 255})["ok"]
+    wrong = control.handle({"op": "truth", "mac": single.mac, "modbus_id": 48})
+    assert wrong["error"] == f"{single.mac} is a single device at Modbus ID 255, not 48"
+
+
+async def test_sim_control_adds_a_module_from_a_config_entry(fake_bluez: FakeBlueZ) -> None:
+    control = SimControl(fake_bluez)
+    units = [{"kind": "battery", "modbus_id": 33}, {"kind": "battery", "faults": ["late"], "latency": 0.02}]
+    added = control.handle({"op": "add", "kind": "chain", "units": units, "late_after": 2})
+    assert added["ok"] and added["type"] == "module" and added["topology"] == "chain"
+    assert [u["modbus_id"] for u in added["units"]] == [33, 48] and added["units"][1]["faults"] == ["late"]
+    mod = fake_bluez.peripheral(added["mac"]).sim
+    assert isinstance(mod, SimulatedModule)
+    assert (mod.units[48].behaviour.late_after, mod.units[48].behaviour.latency) == (2.0, 0.02)
+
+
+def test_banner_lines_parse_into_devices_and_modules() -> None:
+    line = "C4:64:E3:00:00:01 module My hub 48=renogy_battery/legacy,97=renogy_charge_controller+silent+late"
+    assert parse_banner_line(line) == SimModule(
+        "C4:64:E3:00:00:01",
+        "My hub",
+        {
+            48: SimUnit(48, "renogy_battery", "legacy"),
+            97: SimUnit(97, "renogy_charge_controller", None, ("silent", "late")),
+        },
+    )
+    single = "C4:64:E3:8C:2D:75 renogy_charge_controller BT-TH-E38C2D75"
+    assert parse_banner_line(single) == SimDevice("C4:64:E3:8C:2D:75", "renogy_charge_controller", "BT-TH-E38C2D75")
+
+
+def test_sim_help_documents_the_module_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        sim_cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("hub:battery*4,controller@97", "chain:", "KIND[*COUNT][@ID][+FAULT...]", "wrong-id", "MAC module"):
+        assert text in out, text
+
+
+def test_sim_prints_one_line_per_module_and_control_silences_one_unit(
+    sim_process: Callable[..., SimProcess],
+) -> None:
+    sim = sim_process(["inverter", "hub:battery*2,controller@97", "chain:battery@33,battery@34+silent"])
+    assert [d.type_name for d in sim.devices] == ["renogy_inverter"]
+    hub, chain = sim.modules
+    assert hub.name == "BT-TH-" + "".join(hub.mac.split(":")[2:]) and hub.mac != chain.mac
+    assert hub.units == {
+        48: SimUnit(48, "renogy_battery", "legacy"),
+        49: SimUnit(49, "renogy_battery", "legacy"),
+        97: SimUnit(97, "renogy_charge_controller"),
+    }
+    assert chain.units[34] == SimUnit(34, "renogy_battery", "legacy", ("silent",))
+    listed = {d["mac"]: d for d in sim.control("devices")["devices"]}
+    assert (listed[hub.mac]["topology"], listed[chain.mac]["topology"]) == ("hub", "chain")
+    sim.control("set", mac=hub.mac, behaviour={"latency": FAST})
+
+    def probe(modbus_id: int) -> subprocess.CompletedProcess[str]:
+        args = ("--type", "renogy_battery", "--id", str(modbus_id), "--request-timeout", "0.3")
+        return _run_gateway(sim, "probe", hub.mac, *args)
+
+    answered = probe(49)
+    assert answered.returncode == 0, answered.stderr
+    truth = sim.control("truth", mac=hub.mac, modbus_id=49)["truth"]
+    assert json.loads(answered.stdout)["values"]["serial_number"] == truth["serial_number"]
+    assert sim.control("set", mac=hub.mac, modbus_id=49, faults=["silent"])["faults"] == ["silent"]
+    silenced = probe(49)
+    assert silenced.returncode == 1 and "Traceback" not in silenced.stderr
+    assert probe(48).returncode == 0  # its sibling on the same bus still answers
+    sim.control("set", mac=hub.mac, modbus_id=49, faults=[])
+    assert probe(49).returncode == 0
+
+
+def test_sim_config_file_with_a_module(tmp_path: Path, sim_process: Callable[..., SimProcess]) -> None:
+    config = tmp_path / "devices.yaml"
+    config.write_text(
+        "devices:\n"
+        "  - kind: chain\n"
+        "    name: 'Chain of three'\n"
+        "    identical_serials: true\n"
+        "    late_after: 2\n"
+        "    units:\n"
+        "      - {kind: battery, modbus_id: 33}\n"
+        "      - {kind: battery, modbus_id: 34, faults: [late]}\n"
+        "      - {kind: battery, faults: [wrong-id], options: {capacity_ah: 200}}\n"
+        "  - {kind: controller}\n",
+        encoding="utf-8",
+    )
+    sim = sim_process(config=config)
+    (chain,) = sim.modules
+    assert chain.name == "Chain of three" and [d.type_name for d in sim.devices] == ["renogy_charge_controller"]
+    assert {i: u.faults for i, u in chain.units.items()} == {33: (), 34: ("late",), 48: ("wrong-id",)}
+    truths = {i: sim.control("truth", mac=chain.mac, modbus_id=i)["truth"] for i in chain.units}
+    assert len({t["serial_number"] for t in truths.values()}) == 1  # identical_serials
+    assert truths[48]["capacity"] == 200
 
 
 # --- helpers -----------------------------------------------------------------------------------

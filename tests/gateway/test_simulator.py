@@ -18,8 +18,19 @@ import pytest
 
 from blupow_gateway import modbus
 from blupow_gateway.devices import BaseDevice, Enc, create_device, recognise
-from blupow_gateway.simulator import KINDS, Behaviour, SimulatedDevice, create_simulated, default_mac
+from blupow_gateway.simulator import (
+    KINDS,
+    Behaviour,
+    SimulatedDevice,
+    SimulatedModule,
+    create_module,
+    create_simulated,
+    default_mac,
+)
+from blupow_gateway.simulator import cli as sim_cli
 from blupow_gateway.simulator.link import ReplyTimeout, SimulatedLink
+from blupow_gateway.simulator.module import DEFAULT_LATE_AFTER, collide, parse_module_spec, valid_frame_end
+from tests.plugins.gateway import SimBleLink, SimWorld
 
 PLANNED = [k for k in KINDS if k != "inverter_riv4835"]  # the RIV4835 cannot finish a plan (see below)
 
@@ -456,3 +467,293 @@ def test_controller_model_is_space_padded_to_16() -> None:
     sim = create_simulated("controller", clock=ManualClock())
     raw = b"".join(sim.registers[r].to_bytes(2, "big") for r in range(0x000C, 0x0014))
     assert raw == b"RNG-CTRL-RVR40  "
+
+
+# --- modules: several units behind one Bluetooth module ---------------------------
+
+
+def module(spec: str, **options: Any) -> tuple[SimulatedModule, SimulatedLink]:
+    """A module on a manual clock, answering at once, and an in-memory link to it."""
+    mod = create_module(spec, clock=ManualClock(), behaviour=Behaviour(latency=0.0), **options)
+    return mod, SimulatedLink(mod, timeout=0.05)
+
+
+def words(device: SimulatedDevice, start: int, count: int) -> list[int]:
+    return [device.registers[r] for r in range(start, start + count)]
+
+
+def text(device: SimulatedDevice, start: int, count: int) -> str:
+    return b"".join(w.to_bytes(2, "big") for w in words(device, start, count)).decode().strip(" \x00")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (
+            "hub:battery*4,controller@97",
+            [
+                ("battery", 48, ()),
+                ("battery", 49, ()),
+                ("battery", 50, ()),
+                ("battery", 51, ()),
+                ("controller", 97, ()),
+            ],
+        ),
+        ("chain:battery@33,battery@34,battery@35", [("battery", 33, ()), ("battery", 34, ()), ("battery", 35, ())]),
+        (
+            "hub:battery*3,battery@51+silent",
+            [("battery", 48, ()), ("battery", 49, ()), ("battery", 50, ()), ("battery", 51, ("silent",))],
+        ),
+        (
+            "hub:battery,battery+late,battery+wrong-id",
+            [("battery", 48, ()), ("battery", 49, ("late",)), ("battery", 50, ("wrong-id",))],
+        ),
+        # hub defaults, first free: controllers/DC-DC chargers 96 then 97, inverter 32
+        (
+            "hub:controller,dcc,inverter,battery",
+            [("controller", 96, ()), ("dcc", 97, ()), ("inverter", 32, ()), ("battery", 48, ())],
+        ),
+        ("hub:dcc,controller", [("dcc", 96, ()), ("controller", 97, ())]),
+        ("chain:controller*2,battery", [("controller", 16, ()), ("controller", 17, ()), ("battery", 48, ())]),
+        # explicit IDs are reserved first, wherever they stand
+        ("hub:battery*2,battery@49", [("battery", 48, ()), ("battery", 50, ()), ("battery", 49, ())]),
+        (
+            "chain:battery*2@0x40+silent+late",
+            [("battery", 64, ("silent", "late")), ("battery", 65, ("silent", "late"))],
+        ),
+        (" hub: battery , inverter@33 ,", [("battery", 48, ()), ("inverter", 33, ())]),  # spaces, a stray comma
+        ("hub:battery*16", [("battery", i, ()) for i in range(48, 64)]),
+    ],
+)
+def test_module_spec_parses_with_default_ids(spec: str, expected: list[tuple[str, int, tuple[str, ...]]]) -> None:
+    topology, units = parse_module_spec(spec)
+    assert topology == spec.strip().split(":")[0]
+    assert [(u.kind, u.modbus_id, u.faults) for u in units] == expected
+
+
+KNOWN = "controller, dcc, dcc_g6, battery, battery_pro, inverter, inverter_riv4835"
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("hub:", "names no unit, e.g. hub:battery*2,controller"),
+        ("chain: , ", "names no unit, e.g. chain:battery*2,controller"),
+        ("hub:battery@48,controller@48", "Modbus ID 48 is given to two units (battery and controller)"),
+        ("chain:battery*2@33,battery@34", "Modbus ID 34 is given to two units (battery and battery)"),
+        ("hub:battery@0", "Modbus ID 0 in 'battery@0' is outside 1..247"),
+        ("hub:battery@248", "Modbus ID 248 in 'battery@248' is outside 1..247"),
+        ("hub:battery@0xFF", "Modbus ID 255 in 'battery@0xFF' is outside 1..247"),
+        ("chain:battery*3@246", "Modbus ID 248 in 'battery*3@246' is outside 1..247"),
+        ("hub:toaster", f"unknown device kind 'toaster' (known: {KNOWN})"),
+        ("hub:battery,toaster@5", f"unknown device kind 'toaster' (known: {KNOWN})"),
+        ("hub:battery+slow", "unknown fault 'slow' in 'battery+slow' (known: silent, late, wrong-id)"),
+        ("hub:battery+", "unknown fault '' in 'battery+' (known: silent, late, wrong-id)"),
+        ("hub:battery*0", "count 0 in 'battery*0' is outside 1..16"),
+        ("hub:battery*17", "count 17 in 'battery*17' is outside 1..16"),
+        ("hub:battery*10,battery*7", "a module carries at most 16 units, this one has 17"),
+        ("hub:battery%", "bad unit 'battery%': expected KIND[*COUNT][@ID][+FAULT...]"),
+        ("hub:battery@x", "bad unit 'battery@x': expected KIND[*COUNT][@ID][+FAULT...]"),
+        ("hub:battery+silent@48", "bad unit 'battery+silent@48': expected KIND[*COUNT][@ID][+FAULT...]"),
+        ("chain:dcc", "no default Modbus ID for dcc in a chain: give one with @ID"),
+        ("hub:controller*3", "no free default Modbus ID for controller behind a hub (96, 97 taken): give one with @ID"),
+        (
+            "hub:inverter@32,inverter",
+            "no free default Modbus ID for inverter behind a hub (32 taken): give one with @ID",
+        ),
+    ],
+)
+def test_module_spec_refused_with_one_clear_line(spec: str, error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError) as exc:
+        parse_module_spec(spec)
+    assert str(exc.value) == error
+    # blupow-sim refuses it before starting anything: exit 2, one line naming the value
+    assert sim_cli.main(["--devices", "controller", "--devices", spec]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"blupow-sim: error: --devices {spec.strip()!r}: {error}\n"
+    assert out.out == ""
+
+
+def test_module_identity_is_one_bt2() -> None:
+    mod, _ = module("hub:battery*2,controller@97")
+    assert mod.mac == default_mac("hub") and mod.name == "BT-TH-" + "".join(mod.mac.split(":")[2:])
+    data = mod.manufacturer_data()
+    octets = mod.mac.split(":")
+    assert data == {int(octets[1] + octets[0], 16): bytes.fromhex("".join(octets[2:]))}
+    assert mod.service_uuids == create_simulated("controller").service_uuids
+    assert "renogy_battery" in recognise(mod.name, list(data))
+    assert all(unit.mac == mod.mac for unit in mod.units.values())  # units share the module's MAC
+    assert mod.describe() == "48=renogy_battery/legacy,49=renogy_battery/legacy,97=renogy_charge_controller"
+    with pytest.raises(KeyError, match=r"no unit at Modbus ID 50 behind .* \(units: 48, 49, 97\)"):
+        mod.unit(50)
+    with pytest.raises(ValueError, match="answers at 48"):
+        SimulatedModule("hub", {49: mod.units[48]})
+
+
+async def test_module_routes_each_request_to_the_unit_at_its_id() -> None:
+    mod, link = module("hub:battery*2,controller@97")
+    b48, b49, controller = mod.units[48], mod.units[49], mod.units[97]
+    assert await link.read_registers(48, 5110, 8) == words(b48, 5110, 8)
+    assert await link.read_registers(49, 5110, 8) == words(b49, 5110, 8)
+    assert await link.read_registers(97, 0x000C, 8) == words(controller, 0x000C, 8)
+    assert (b48.requests, b49.requests, controller.requests) == (1, 1, 1)
+    reply = mod.respond(modbus.read_request(49, 5122, 8))
+    assert reply is not None and reply[0][0] == 49 and modbus.crc_ok(reply[0])  # the reply echoes the ID asked
+    with pytest.raises(modbus.ModbusException) as exc:  # present, but a battery has no controller registers
+        await link.read_registers(48, 0x000C, 8)
+    assert (exc.value.code, exc.value.slave_id) == (0x02, 48)
+
+
+async def test_module_absent_id_is_silence() -> None:
+    mod, link = module("hub:battery*2,controller@97")
+    for absent in (47, 50, 96, 0x20):
+        assert mod.respond(modbus.read_request(absent, 5000, 1)) is None
+        with pytest.raises(ReplyTimeout):
+            await link.read_registers(absent, 5000, 1)
+    assert all(unit.requests == 0 for unit in mod.units.values())
+    corrupt = modbus.read_request(48, 5000, 1)
+    assert mod.respond(corrupt[:-1] + bytes([corrupt[-1] ^ 1])) is None
+
+
+async def test_module_0xff_collides_with_two_units_never_a_frame() -> None:
+    mod, link = module("hub:battery*2,controller@97")
+    request = modbus.Request.read(0xFF, 5122, 8)
+    answer = mod.respond(request.frame)
+    assert answer is not None
+    garbage, _delay = answer
+    assert valid_frame_end(garbage) is None and not modbus.crc_ok(garbage)
+    assert modbus.ResponseAssembler(request, check_id=False).feed(garbage) is None
+    assert all(unit.requests == 1 for unit in mod.units.values())  # every unit answered at once
+    with pytest.raises(ReplyTimeout):
+        await link.read_registers(0xFF, 5122, 8)
+    assert mod.collisions == 2
+
+
+def test_collision_of_identical_replies_is_still_garbage() -> None:
+    """Two batteries with the same serial asked at 0xFF send byte-identical frames; ORed, that is a valid frame."""
+    mod, _ = module("chain:battery*2", identical_serials=True)
+    request = modbus.Request.read(0xFF, 5110, 8)
+    replies = [unit.answer(request) for unit in mod.units.values()]
+    assert replies[0] is not None and replies[0] == replies[1] and modbus.crc_ok(replies[0])
+    garbage = collide([replies[0], replies[0]])
+    assert valid_frame_end(garbage) is None and len(garbage) == len(replies[0])
+    answer = mod.respond(request.frame)
+    assert answer is not None and valid_frame_end(answer[0]) is None
+
+
+async def test_module_0xff_with_one_unit_is_an_ordinary_reply() -> None:
+    mod, link = module("chain:battery@33")
+    answer = mod.respond(modbus.read_request(0xFF, 5122, 8))
+    assert answer is not None and answer[0][0] == 0xFF and modbus.crc_ok(answer[0])
+    assert await link.read_registers(0xFF, 5122, 8) == await link.read_registers(33, 5122, 8)
+    # only units that answer take part: one silent unit leaves the other's reply clean
+    quiet, quiet_link = module("hub:battery,battery+silent")
+    assert await quiet_link.read_registers(0xFF, 5122, 8) == words(quiet.units[48], 5122, 8)
+    assert quiet.collisions == 0 and mod.collisions == 0
+
+
+async def test_module_silent_unit_never_answers_its_siblings_do() -> None:
+    mod, link = module("hub:battery*3,battery@51+silent")
+    with pytest.raises(ReplyTimeout):
+        await link.read_registers(51, 5000, 1)
+    assert mod.units[51].requests == 0
+    assert await link.read_registers(50, 5000, 1) == words(mod.units[50], 5000, 1)
+
+
+async def test_module_late_unit_answers_after_any_timeout() -> None:
+    mod, link = module("hub:battery,battery+late")
+    answer = mod.respond(modbus.read_request(49, 5000, 1))
+    assert answer is not None and answer[1] == DEFAULT_LATE_AFTER == 5.0
+    with pytest.raises(ReplyTimeout):
+        await link.read_registers(49, 5000, 1)
+    with pytest.raises(ReplyTimeout):  # a link's latency override never makes a late unit punctual
+        await SimulatedLink(mod, timeout=0.05, latency=0.0).read_registers(49, 5000, 1)
+    assert await link.read_registers(48, 5000, 1) == words(mod.units[48], 5000, 1)
+    soon, _ = module("hub:battery,battery+late", late_after=0.1)  # configurable
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await SimulatedLink(soon, timeout=1.0).read_registers(49, 5000, 1) == words(soon.units[49], 5000, 1)
+    assert loop.time() - started >= 0.09
+
+
+async def test_module_wrong_id_unit_answers_a_valid_frame_for_another_id() -> None:
+    mod, link = module("hub:battery,battery+wrong-id")
+    request = modbus.read_request(49, 5122, 8)
+    answer = mod.respond(request)
+    assert answer is not None
+    reply = answer[0]
+    mod.set_faults(49, [])  # what it says without the fault
+    correct = mod.units[49].handle(request)
+    assert correct is not None
+    assert reply[0] == 50 and modbus.crc_ok(reply) and reply[1:-2] == correct[1:-2]
+    mod.set_faults(49, ["wrong-id"])
+    with pytest.raises(ReplyTimeout):  # the assembler takes only the ID it asked
+        await link.read_registers(49, 5122, 8)
+
+
+async def test_module_faults_change_at_run_time() -> None:
+    mod, link = module("hub:battery*2")
+    mod.set_faults(49, ["silent"])
+    assert mod.describe() == "48=renogy_battery/legacy,49=renogy_battery/legacy+silent"
+    with pytest.raises(ReplyTimeout):
+        await link.read_registers(49, 5000, 1)
+    mod.set_faults(49, [])
+    assert await link.read_registers(49, 5000, 1) == words(mod.units[49], 5000, 1)
+    assert mod.describe() == "48=renogy_battery/legacy,49=renogy_battery/legacy"
+    with pytest.raises(ValueError, match="unknown fault 'slow'"):
+        mod.set_faults(48, ["slow"])
+
+
+async def test_module_units_decode_to_their_own_truth() -> None:
+    mod, link = module("hub:battery*2,controller@97,inverter,dcc")
+    assert sorted(mod.units) == [32, 48, 49, 96, 97]
+    for modbus_id, unit in mod.units.items():
+        drv = create_device(unit.type_name, variant=unit.variant, modbus_id=modbus_id)
+        reading = await drv.read(link)
+        assert reading.skipped == [], modbus_id
+        assert_matches_truth(drv, reading.values, unit.truth)
+    assert mod.units[48].truth["cycle_count"] != mod.units[49].truth["cycle_count"]  # two batteries, not one
+    assert link.timeouts == 0
+
+
+def test_module_units_carry_the_identity_registers_for_probing() -> None:
+    mod, _ = module("hub:battery*3,controller@97,dcc,inverter")
+    for modbus_id in (48, 49, 50):
+        battery = mod.units[modbus_id]
+        assert text(battery, 5122, 8) == battery.truth["model"] == "RBT100LFP12-BT"
+        assert text(battery, 5110, 8) == battery.truth["serial_number"]
+        assert battery.registers[5223] == modbus_id  # the device address register
+    serials = {text(mod.units[i], 5110, 8) for i in (48, 49, 50)}
+    assert len(serials) == 3  # distinct by default
+    assert text(mod.units[97], 0x000C, 8) == "RNG-CTRL-RVR40" and mod.units[97].registers[0x001A] == 97
+    assert text(mod.units[96], 0x000C, 8) == "RBC50D1S-G1" and mod.units[96].registers[0x001A] == 96
+    assert text(mod.units[32], 4311, 8) == "RIV1230RCH-SPS" and mod.units[32].registers[4109] == 32
+    same, _ = module("chain:battery@33,battery@34,battery@35", identical_serials=True)
+    assert len({text(u, 5110, 8) for u in same.units.values()}) == 1  # as real daisy chains can report
+    assert len({u.truth["serial_number"] for u in same.units.values()}) == 1
+    assert len({u.truth["cycle_count"] for u in same.units.values()}) == 3  # still three batteries
+
+
+def test_module_behaviour_splits_between_the_ble_side_and_the_units() -> None:
+    mod = create_module("hub:battery*2", latency=0.02, chunk_size=0, garbage_before_reply="dead", late_after=1.5)
+    assert (mod.behaviour.chunk_size, mod.behaviour.garbage_before_reply, mod.late_after) == (0, b"\xde\xad", 1.5)
+    assert all(u.behaviour.latency == 0.02 and u.behaviour.late_after == 0 for u in mod.units.values())
+    assert list(mod.chunks(b"\x01\x02")) == [b"\xde\xad\x01\x02"]
+    template = Behaviour(latency=0.0)
+    shared = create_module("hub:battery*2", behaviour=template)
+    shared.set_faults(48, ["silent"])
+    assert not shared.units[49].behaviour.drop_replies and not template.drop_replies  # a copy per unit
+
+
+async def test_sim_world_module_reads_two_ids_over_one_link() -> None:
+    world = SimWorld(connect_delay=0.0, latency=0.0)
+    mod = world.add_module("hub:battery*2,controller@97")
+    assert world.sims[mod.mac] is mod and mod.mac == default_mac("hub")
+    assert world.add_module("chain:battery").mac == default_mac("chain")
+    assert world.add_module("hub:battery").mac == default_mac("hub", 1)
+    link = SimBleLink(world, mod.mac)
+    await link.connect()
+    assert await link.read_registers(48, 5110, 8) == words(mod.units[48], 5110, 8)
+    assert await link.read_registers(97, 0x000C, 8) == words(mod.units[97], 0x000C, 8)
+    assert world.connects[mod.mac] == 1 and world.reads[mod.mac] == 2
+    assert {r.address for r in await world.scan(0.01, None)} >= {mod.mac}

@@ -4,11 +4,15 @@
   points at it for the whole run and is restored afterwards.
 * ``fake_bluez`` (function, async): a fresh :class:`FakeBlueZ` on that bus in the
   test's event loop. ``fake_bluez.add("controller", latency=0.01, failures={...})``
-  returns the simulated device; ``fake_bluez.peripheral(mac)`` gives failures/stats,
+  returns the simulated device; ``fake_bluez.add("hub:battery*4,controller@97")``
+  a :class:`~blupow_gateway.simulator.SimulatedModule` (``.mac``, ``.units`` by
+  Modbus ID); ``fake_bluez.peripheral(mac)`` gives failures/stats,
   ``fake_bluez.drop(mac)`` loses the link, ``fake_bluez.stats`` counts connections.
-* ``sim_process`` (function): a factory ``sim_process("controller,dcc", ...)`` that
-  runs ``blupow-sim`` with its own bus and control socket and returns a
-  :class:`SimProcess` (``.address``, ``.devices``, ``.env()``, ``.control(op, ...)``).
+* ``sim_process`` (function): a factory ``sim_process("controller,dcc", ...)`` (or
+  ``sim_process(["hub:battery*2,controller@97", "inverter"])``) that runs
+  ``blupow-sim`` with its own bus and control socket and returns a
+  :class:`SimProcess` (``.address``, ``.devices``, ``.modules``, ``.env()``,
+  ``.control(op, ...)``).
 
 Nothing outlives the run: every process is stopped in the fixture's ``finally``,
 again by ``atexit``, and the simulator itself exits when its stdin closes or its
@@ -50,6 +54,45 @@ class SimDevice:
     name: str
 
 
+@dataclass(frozen=True)
+class SimUnit:
+    """One unit of a module as blupow-sim printed it: ``48=renogy_battery/legacy+silent``."""
+
+    modbus_id: int
+    type_name: str
+    variant: str | None = None
+    faults: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, token: str) -> SimUnit:
+        modbus_id, _, label = token.partition("=")
+        label, *faults = label.split("+")
+        type_name, _, variant = label.partition("/")
+        return cls(int(modbus_id), type_name, variant or None, tuple(faults))
+
+
+@dataclass(frozen=True)
+class SimModule:
+    """A module line: ``MAC module NAME 48=renogy_battery/legacy,97=renogy_charge_controller``."""
+
+    mac: str
+    name: str
+    units: dict[int, SimUnit]
+
+    @classmethod
+    def parse(cls, line: str) -> SimModule:
+        mac, _module, rest = line.split(" ", 2)
+        name, units = rest.rsplit(" ", 1)  # a configured name may contain spaces, the units never
+        return cls(mac, name, {u.modbus_id: u for u in map(SimUnit.parse, units.split(","))})
+
+
+def parse_banner_line(line: str) -> SimDevice | SimModule:
+    """One device or module line of blupow-sim's banner."""
+    if line.split(" ", 2)[1:2] == ["module"]:
+        return SimModule.parse(line)
+    return SimDevice(*line.split(" ", 2))
+
+
 class SimProcess:
     """A running ``blupow-sim``; stop() (or the fixture) kills its whole process group."""
 
@@ -58,7 +101,8 @@ class SimProcess:
         self.control_path = self._dir / "control.sock"
         self.stderr_path = self._dir / "stderr.log"
         self.address = ""
-        self.devices: list[SimDevice] = []
+        self.devices: list[SimDevice] = []  # standalone devices, in the order printed
+        self.modules: list[SimModule] = []  # hub:/chain: modules, in the order printed
         command = [
             *pdeathsig_prefix("TERM"),
             sys.executable,
@@ -104,7 +148,11 @@ class SimProcess:
                 buf += chunk
         lines = buf.decode().splitlines()
         self.address = lines[0].split("=", 1)[1]
-        self.devices = [SimDevice(*line.split(" ", 2)) for line in lines[1 : lines.index("READY")]]
+        for entry in map(parse_banner_line, lines[1 : lines.index("READY")]):
+            if isinstance(entry, SimModule):
+                self.modules.append(entry)
+            else:
+                self.devices.append(entry)
 
     def stderr(self) -> str:
         with contextlib.suppress(OSError):

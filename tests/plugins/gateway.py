@@ -2,6 +2,8 @@
 
 * :class:`SimWorld` holds simulated devices (``blupow_gateway.simulator``) by MAC and
   hands the gateway :class:`SimBleLink` s through the injectable ``link_factory``.
+  ``add_module("hub:battery*4,controller@97")`` puts one module (one MAC, several
+  Modbus units) on the air; its link routes each request to the unit at its ID.
   A SimBleLink behaves like a BLE link where it matters to the scheduler: it has
   to be connected (which takes time), it can be out of range, dropped, or held by
   another central, and the world counts simultaneous connections and
@@ -33,7 +35,7 @@ import pytest
 from blupow_gateway.devices import BaseDevice
 from blupow_gateway.service import Gateway
 from blupow_gateway.settings import DeviceOption, MqttOverride, Settings
-from blupow_gateway.simulator import create_simulated
+from blupow_gateway.simulator import SimulatedModule, create_module, create_simulated, default_mac
 from blupow_gateway.simulator.base import SimulatedDevice
 from blupow_gateway.simulator.link import SimulatedLink
 from blupow_gateway.store import DeviceRecord
@@ -49,7 +51,7 @@ class SimWorld:
 
     connect_delay: float = 0.02
     latency: float = 0.005
-    sims: dict[str, SimulatedDevice] = field(default_factory=dict)
+    sims: dict[str, SimulatedDevice | SimulatedModule] = field(default_factory=dict)
     out_of_range: set[str] = field(default_factory=set)
     held: set[str] = field(default_factory=set)
     links: list[SimBleLink] = field(default_factory=list)
@@ -68,6 +70,20 @@ class SimWorld:
         sim.behaviour.chunk_size = 0
         self.sims[sim.mac.upper()] = sim
         return sim
+
+    def add_module(self, spec: str, mac: str | None = None, **options: Any) -> SimulatedModule:
+        """A ``hub:``/``chain:`` module (see ``blupow-sim --help``) with the world's latency on every unit."""
+        module = create_module(
+            spec, mac=mac or self._free_mac(spec.partition(":")[0]), latency=self.latency, chunk_size=0, **options
+        )
+        self.sims[module.mac] = module
+        return module
+
+    def _free_mac(self, label: str) -> str:
+        index = 0
+        while (mac := default_mac(label, index)) in self.sims:
+            index += 1
+        return mac
 
     def link_factory(self, record: DeviceRecord, device: BaseDevice) -> SimBleLink:
         link = SimBleLink(self, record.mac_address.upper())

@@ -2,8 +2,10 @@
 
 ``create_simulated("controller")`` gives a Rover-like controller with a
 deterministic MAC and name; ``KINDS`` lists every kind with the gateway type
-and driver variant it should be polled with. Nothing here imports bleak or
-dbus: the fake BlueZ and the in-memory :mod:`.link` build on these objects.
+and driver variant it should be polled with. ``create_module("hub:battery*4,controller@97")``
+gives one Bluetooth module carrying several of them at their own Modbus IDs
+(:mod:`.module`). Nothing here imports bleak or dbus: the fake BlueZ and the
+in-memory :mod:`.link` build on these objects.
 """
 
 from __future__ import annotations
@@ -13,21 +15,25 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .base import Behaviour, SimulatedDevice, mac_for
+from .base import Behaviour, Responder, SimulatedDevice, mac_for
 from .battery import SimulatedBattery
 from .controller import SimulatedController
 from .dcc import SimulatedDcc
 from .inverter import SimulatedInverter
+from .module import SimulatedModule, create_module
 
 __all__ = [
     "KINDS",
     "Behaviour",
+    "Responder",
     "SimKind",
     "SimulatedBattery",
     "SimulatedController",
     "SimulatedDcc",
     "SimulatedDevice",
     "SimulatedInverter",
+    "SimulatedModule",
+    "create_module",
     "create_simulated",
     "default_mac",
 ]

@@ -26,9 +26,9 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .. import modbus
 
@@ -41,6 +41,12 @@ STEP = 60.0
 MAX_STEPS = 2000
 
 
+BT_SERVICE_UUIDS = (
+    "0000ffd0-0000-1000-8000-00805f9b34fb",
+    "0000fff0-0000-1000-8000-00805f9b34fb",
+)
+
+
 @dataclass
 class Behaviour:
     """How the simulated module behaves on the link (latency, chunking, failures)."""
@@ -50,6 +56,87 @@ class Behaviour:
     drop_replies: bool = False  # never answer (wrong id / dead RS-485 side)
     garbage_before_reply: bytes = b""  # junk notified before each reply
     corrupt_replies: bool = False  # flip a byte so the CRC fails
+    late_after: float = 0.0  # > 0: answer only this many seconds after the request (beyond any timeout)
+    wrong_id: int | None = None  # answer as this Modbus ID (first byte replaced, CRC recomputed)
+
+
+BEHAVIOUR_KEYS = (
+    "latency",
+    "chunk_size",
+    "drop_replies",
+    "corrupt_replies",
+    "garbage_before_reply",
+    "late_after",
+    "wrong_id",
+)
+
+
+class HasBehaviour(Protocol):
+    behaviour: Behaviour
+
+
+def apply_behaviour(target: HasBehaviour, values: Mapping[str, Any]) -> None:
+    """Set ``Behaviour`` fields with type checks (values come from YAML/JSON)."""
+    b = target.behaviour
+    for key, value in values.items():
+        if key in ("latency", "late_after"):
+            setattr(b, key, _seconds(key, value))
+        elif key == "chunk_size":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"chunk_size must be a whole number >= 0, not {value!r}")
+            b.chunk_size = value
+        elif key in ("drop_replies", "corrupt_replies"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, not {value!r}")
+            setattr(b, key, value)
+        elif key == "garbage_before_reply":
+            b.garbage_before_reply = _as_bytes(key, value)
+        elif key == "wrong_id":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255):
+                raise ValueError(f"wrong_id must be a Modbus ID 0..255 or null, not {value!r}")
+            b.wrong_id = value
+        else:
+            raise ValueError(f"unknown behaviour {key!r} (known: {', '.join(BEHAVIOUR_KEYS)})")
+
+
+def _seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{key} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _as_bytes(key: str, value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise ValueError(f"{key} must be hex bytes like 'dead01', not {value!r}") from None
+    raise ValueError(f"{key} must be hex bytes like 'dead01', not {value!r}")
+
+
+class Responder(Protocol):
+    """What answers behind one BLE identity: a :class:`SimulatedDevice`, or a module carrying several.
+
+    The fake BlueZ and :class:`~.link.SimulatedLink` need nothing else: who is on
+    the air (MAC, name, advertisement), how replies are chunked, and
+    :meth:`respond`, which gives the reply to one request frame together with the
+    delay after which it arrives.
+    """
+
+    mac: str
+    name: str
+    behaviour: Behaviour
+    type_name: str
+    service_uuids: tuple[str, ...]
+    manufacturer_id: int | None
+
+    def manufacturer_data(self) -> dict[int, bytes]: ...
+
+    def respond(self, frame: bytes, latency: float | None = None) -> tuple[bytes, float] | None: ...
+
+    def chunks(self, reply: bytes) -> Iterable[bytes]: ...
 
 
 @dataclass
@@ -85,10 +172,7 @@ class SimulatedDevice:
     type_name: str = ""
     variant: str | None = None
     manufacturer_id: int | None = None  # None: BT-1/BT-2 scheme (MAC bytes)
-    service_uuids: tuple[str, ...] = (
-        "0000ffd0-0000-1000-8000-00805f9b34fb",
-        "0000fff0-0000-1000-8000-00805f9b34fb",
-    )
+    service_uuids: tuple[str, ...] = BT_SERVICE_UUIDS
 
     def __post_init__(self) -> None:
         self.mac = (self.mac or mac_for(type(self).__name__, self.seed)).upper()
@@ -108,15 +192,10 @@ class SimulatedDevice:
         return 0xFF
 
     def default_name(self) -> str:
-        """BT-1/BT-2 modules: ``BT-TH-`` and the last four MAC bytes in hex."""
-        return "BT-TH-" + "".join(self.mac.split(":")[2:])
+        return bt_module_name(self.mac)
 
     def manufacturer_data(self) -> dict[int, bytes]:
-        """BT-1/BT-2 put the first two MAC bytes (little-endian) as 'company id'."""
-        octets = bytes(int(x, 16) for x in self.mac.split(":"))
-        if self.manufacturer_id is not None:
-            return {self.manufacturer_id: octets[2:]}
-        return {int.from_bytes(octets[:2], "little"): octets[2:]}
+        return bt_manufacturer_data(self.mac, self.manufacturer_id)
 
     # --- time and model ---
 
@@ -232,18 +311,40 @@ class SimulatedDevice:
 
     def handle(self, frame: bytes) -> bytes | None:
         """Answer one request frame; None means no reply (bad CRC, other id, model gap)."""
-        try:
-            request = modbus.parse_request(frame)
-        except modbus.FrameError:
-            return None  # a real slave stays silent on a corrupt request
-        if request.slave_id != self.modbus_id or self.behaviour.drop_replies:
+        request = parse_request(frame)
+        if request is None or request.slave_id != self.modbus_id:
+            return None
+        return self.answer(request)
+
+    def answer(self, request: modbus.Request) -> bytes | None:
+        """Answer a request that reached this slave, by its own ID or (on a module's bus) by 0xFF.
+
+        The reply echoes the ID that was asked, unless ``behaviour.wrong_id`` says
+        otherwise; None means no reply (silent slave, model gap).
+        """
+        if self.behaviour.drop_replies:
             return None
         self.requests += 1
         self.update()
         reply = self._reply(request)
-        if reply is not None and self.behaviour.corrupt_replies:
+        if reply is None:
+            return None
+        if self.behaviour.wrong_id is not None:
+            # otherwise a perfect frame: only a poller that checks the echoed ID notices
+            reply = modbus.with_crc(bytes([self.behaviour.wrong_id]) + reply[1:-2])
+        if self.behaviour.corrupt_replies:
             reply = reply[:-1] + bytes([reply[-1] ^ 0xFF])
         return reply
+
+    def reply_delay(self, latency: float | None = None) -> float:
+        """Seconds from request to reply: ``latency`` (a link's override) or ours, unless we answer late."""
+        ordinary = self.behaviour.latency if latency is None else latency
+        return max(ordinary, self.behaviour.late_after)
+
+    def respond(self, frame: bytes, latency: float | None = None) -> tuple[bytes, float] | None:
+        """The reply to ``frame`` and its delay (see :class:`Responder`); None: no reply at all."""
+        reply = self.handle(frame)
+        return None if reply is None else (reply, self.reply_delay(latency))
 
     def _exception(self, request: modbus.Request, code: int) -> bytes:
         return modbus.with_crc(bytes([request.slave_id, request.function | 0x80, code]))
@@ -285,14 +386,42 @@ class SimulatedDevice:
         self.refresh(self._sim)  # the effect is visible to the very next read
 
     def chunks(self, reply: bytes) -> Iterable[bytes]:
-        """Split a reply into notifications as the module's MTU would."""
-        payload = self.behaviour.garbage_before_reply + reply
-        size = self.behaviour.chunk_size
-        if size <= 0:
-            yield payload
-            return
-        for i in range(0, len(payload), size):
-            yield payload[i : i + size]
+        return split_reply(reply, self.behaviour)
+
+
+# --- helpers shared with simulated modules ----------------------------------
+
+
+def parse_request(frame: bytes) -> modbus.Request | None:
+    """The request in ``frame``, or None for a corrupt one (a real slave stays silent on it)."""
+    try:
+        return modbus.parse_request(frame)
+    except modbus.FrameError:
+        return None
+
+
+def bt_module_name(mac: str) -> str:
+    """BT-1/BT-2 modules: ``BT-TH-`` and the last four MAC bytes in hex."""
+    return "BT-TH-" + "".join(mac.split(":")[2:])
+
+
+def bt_manufacturer_data(mac: str, manufacturer_id: int | None = None) -> dict[int, bytes]:
+    """BT-1/BT-2 put the first two MAC bytes (little-endian) as 'company id'."""
+    octets = bytes(int(x, 16) for x in mac.split(":"))
+    if manufacturer_id is not None:
+        return {manufacturer_id: octets[2:]}
+    return {int.from_bytes(octets[:2], "little"): octets[2:]}
+
+
+def split_reply(reply: bytes, behaviour: Behaviour) -> Iterable[bytes]:
+    """Split a reply into notifications as the module's MTU would."""
+    payload = behaviour.garbage_before_reply + reply
+    size = behaviour.chunk_size
+    if size <= 0:
+        yield payload
+        return
+    for i in range(0, len(payload), size):
+        yield payload[i : i + size]
 
 
 # --- helpers for register banks -------------------------------------------

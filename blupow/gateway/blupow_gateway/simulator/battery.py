@@ -26,6 +26,7 @@ HEATER_ON, FULLY_CHARGED, EFFECTIVE_CHARGE, EFFECTIVE_DISCHARGE = 13, 11, 15, 14
 WARN_CHARGE_LOW_TEMPERATURE = 4
 CHARGE_ENABLE, DISCHARGE_ENABLE = 6, 7
 
+SERIAL_REGISTER, SERIAL_WORDS = 5110, 8  # 16 ASCII characters
 CHARGE_MIN_C = 0.0  # charge under-temperature limit (5207)
 CELL_UNDER_V, CELL_OVER_V = 2.5, 3.7  # 5203 / 5200
 
@@ -88,7 +89,7 @@ class SimulatedBattery(SimulatedDevice):
         self.put(5050, 10.0, 0.1, key="discharge_voltage_limit")
         self.put(5051, 50.0, 0.01, key="charge_current_limit")
         self.put(5052, -100.0, 0.01, signed=True, key="discharge_current_limit")
-        self.put_text(5110, f"21{serial:014d}", 8, key="serial_number")
+        self.put_text(SERIAL_REGISTER, f"21{serial:014d}", SERIAL_WORDS, key="serial_number")
         self.put_text(5118, "01", 1)
         self.put_text(5119, "0100", 2)
         self.put_text(5121, "17", 1)

@@ -6,15 +6,18 @@ exactly those objects with dbus-fast ``ServiceInterface`` s:
 
 * ``/org/bluez/hci0`` ``Adapter1`` (discovery sessions per D-Bus sender, filters,
   ``RemoveDevice``; ``Roles`` contains ``central`` because bleak requires it),
-* one ``Device1`` per attached :class:`~.base.SimulatedDevice`, exported on its
-  first advertisement like BlueZ does,
+* one ``Device1`` per attached :class:`~.base.SimulatedDevice` or
+  :class:`~.module.SimulatedModule` (one BLE module carrying several Modbus
+  units), exported on its first advertisement like BlueZ does,
 * after ``Connect``: the module's GATT tree with BlueZ-exact paths
   (``…/dev_AA_BB_…/serviceXXXX/charXXXX/descXXXX``; bleak parses handles from the
   last four hex digits and routes notifications by slicing the path).
 
 A Modbus request written to ``ffd1`` (in service ``ffd0``) goes to
-``SimulatedDevice.handle``; after ``behaviour.latency`` the reply is notified on
-``fff1`` in ``behaviour.chunk_size`` pieces as ``PropertiesChanged(Value)``.
+``respond`` of the device or module (a module routes it to the unit at the
+addressed ID); after the delay that gives (the answering unit's
+``behaviour.latency``) the reply is notified on ``fff1`` in
+``behaviour.chunk_size`` pieces as ``PropertiesChanged(Value)``.
 
 Failures are injected per device through :class:`Failures` (settable at run time
 and from YAML/JSON) and every call is counted in :class:`PeripheralStats` /
@@ -39,7 +42,8 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-from .base import SimulatedDevice
+from .base import BEHAVIOUR_KEYS, Responder, SimulatedDevice, apply_behaviour
+from .module import SimulatedModule, create_module, is_module_spec, topology_of
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -190,7 +194,7 @@ BUILTIN_NAME_PREFIXES = ("RNGRBP", "RNGC", "RNGPRO")
 PRO_MANUFACTURER_ID = 0xE14C
 
 
-def layout_for(sim: SimulatedDevice) -> str:
+def layout_for(sim: Responder) -> str:
     """Which GATT tree a simulated device exposes (explicit ``gatt_layout`` wins)."""
     explicit = getattr(sim, "gatt_layout", None)
     if isinstance(explicit, str) and explicit in LAYOUTS:
@@ -684,7 +688,7 @@ class FakePeripheral:
     def __init__(
         self,
         fake: "FakeBlueZ",
-        sim: SimulatedDevice,
+        sim: Responder,
         *,
         failures: Failures | None = None,
         rssi: int = -60,
@@ -947,12 +951,13 @@ class FakePeripheral:
                 self.fake.loop.call_soon(self.drop)
                 return
         try:
-            reply = self.sim.handle(value)
+            answer = self.sim.respond(value)
         except Exception:
             _LOGGER.exception("simulated %s failed on request %s", self.sim.type_name, value.hex())
             return
-        if reply is not None:
-            self.fake.loop.call_later(self.sim.behaviour.latency, self._deliver, value, reply, self._generation)
+        if answer is not None:
+            reply, delay = answer
+            self.fake.loop.call_later(delay, self._deliver, value, reply, self._generation)
 
     def _deliver(self, request: bytes, reply: bytes, gen: int) -> None:
         if gen != self._generation or not self.connected:
@@ -1138,17 +1143,18 @@ class FakeBlueZ:
     # --- devices ---
 
     def free_mac(self, kind: str) -> str:
-        """The first of the kind's deterministic MACs that is not attached yet."""
+        """The first of the kind's (or module spec's topology's) deterministic MACs not attached yet."""
         from . import default_mac
 
+        label = topology_of(kind) if is_module_spec(kind) else kind
         index = 0
-        while (mac := default_mac(kind, index).upper()) in self.peripherals:
+        while (mac := default_mac(label, index).upper()) in self.peripherals:
             index += 1
         return mac
 
     def attach(
         self,
-        sim: SimulatedDevice,
+        sim: Responder,
         *,
         failures: Failures | Mapping[str, Any] | None = None,
         rssi: int = -60,
@@ -1172,19 +1178,24 @@ class FakeBlueZ:
 
     def add(
         self,
-        device: SimulatedDevice | str,
+        device: SimulatedDevice | SimulatedModule | str,
         *,
         failures: Failures | Mapping[str, Any] | None = None,
         rssi: int = -60,
         layout: str | None = None,
         cached: bool = False,
         **sim_kwargs: Any,
-    ) -> SimulatedDevice:
-        """Attach a simulated device (or create one of ``kind``) and return it."""
+    ) -> SimulatedDevice | SimulatedModule:
+        """Attach a simulated device or module (or create one from a kind or ``hub:``/``chain:`` spec); return it.
+
+        ``add("hub:battery*4,controller@97", latency=0.01)`` gives a
+        :class:`~.module.SimulatedModule` (``.mac``, ``.units`` by Modbus ID); unit
+        behaviour keys such as ``latency`` go to every unit, ``chunk_size`` to the module.
+        """
         if isinstance(device, str):
             if sim_kwargs.get("mac") is None:
                 sim_kwargs["mac"] = self.free_mac(device)
-            device = create_device(device, **sim_kwargs)
+            device = create_responder(device, **sim_kwargs)
         elif sim_kwargs:
             raise TypeError(f"unexpected arguments for an existing device: {', '.join(sim_kwargs)}")
         self.attach(device, failures=failures, rssi=rssi, layout=layout, cached=cached)
@@ -1345,14 +1356,12 @@ class FakeBlueZ:
 
 # --- simulated devices by kind ------------------------------------------------------------
 
-BEHAVIOUR_KEYS = ("latency", "chunk_size", "drop_replies", "corrupt_replies", "garbage_before_reply")
-
 
 def create_device(kind: str, **kwargs: Any) -> SimulatedDevice:
     """Build a simulated device of ``kind`` (see ``simulator.KINDS``) with optional behaviour overrides.
 
-    ``latency``, ``chunk_size``, ``drop_replies``, ``corrupt_replies`` and
-    ``garbage_before_reply`` (bytes or hex) go to ``device.behaviour``; the rest
+    ``BEHAVIOUR_KEYS`` (``latency``, ``chunk_size``, ``drop_replies``, …; bytes or
+    hex for ``garbage_before_reply``) go to ``device.behaviour``; the rest
     (``mac``, ``name``, ``modbus_id``, family options) to ``simulator.create_simulated``.
     """
     from . import create_simulated  # the per-family simulators live in the package
@@ -1363,37 +1372,11 @@ def create_device(kind: str, **kwargs: Any) -> SimulatedDevice:
     return device
 
 
-def apply_behaviour(device: SimulatedDevice, values: Mapping[str, Any]) -> None:
-    """Set ``Behaviour`` fields with type checks (values come from YAML/JSON)."""
-    b = device.behaviour
-    for key, value in values.items():
-        if key in ("latency",):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{key} must be a number of seconds >= 0, not {value!r}")
-            b.latency = float(value)
-        elif key == "chunk_size":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"chunk_size must be a whole number >= 0, not {value!r}")
-            b.chunk_size = value
-        elif key in ("drop_replies", "corrupt_replies"):
-            if not isinstance(value, bool):
-                raise ValueError(f"{key} must be true or false, not {value!r}")
-            setattr(b, key, value)
-        elif key == "garbage_before_reply":
-            b.garbage_before_reply = _as_bytes(key, value)
-        else:
-            raise ValueError(f"unknown behaviour {key!r} (known: {', '.join(BEHAVIOUR_KEYS)})")
-
-
-def _as_bytes(key: str, value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    if isinstance(value, str):
-        try:
-            return bytes.fromhex(value)
-        except ValueError:
-            raise ValueError(f"{key} must be hex bytes like 'dead01', not {value!r}") from None
-    raise ValueError(f"{key} must be hex bytes like 'dead01', not {value!r}")
+def create_responder(kind: str, **kwargs: Any) -> SimulatedDevice | SimulatedModule:
+    """A module for a ``hub:…``/``chain:…`` spec (see :func:`.module.create_module`), else a device."""
+    if is_module_spec(kind):
+        return create_module(kind, **kwargs)
+    return create_device(kind, **kwargs)
 
 
 def kinds() -> Iterable[str]:

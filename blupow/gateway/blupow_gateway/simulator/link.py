@@ -1,10 +1,12 @@
-"""An in-memory Modbus link to a simulated device (the ``ModbusLink`` protocol of devices/base.py).
+"""An in-memory Modbus link to a simulated device or module (the ``ModbusLink`` protocol of devices/base.py).
 
 It goes through the same bytes as the BLE transport: the request frame is
-built with :mod:`..modbus`, answered by :meth:`SimulatedDevice.handle`, split
-into notifications by :meth:`SimulatedDevice.chunks` and put back together by
-:class:`..modbus.ResponseAssembler`. Drivers, the gateway's poll loop and the
-benchmarks use it at zero latency; no BlueZ, no D-Bus.
+built with :mod:`..modbus`, answered by ``respond`` of a
+:class:`~.base.SimulatedDevice` or of a :class:`~.module.SimulatedModule` (which
+routes it to the unit at the addressed ID), split into notifications by
+``chunks`` and put back together by :class:`..modbus.ResponseAssembler`.
+Drivers, the gateway's poll loop and the benchmarks use it at zero latency; no
+BlueZ, no D-Bus.
 """
 
 from __future__ import annotations
@@ -18,20 +20,22 @@ from .. import modbus
 # The BLE link's error, so callers catch one class for both links (it is a
 # TimeoutError). Importing transport pulls in bleak, which the gateway needs anyway.
 from ..transport import ReplyTimeout
-from .base import SimulatedDevice
+from .base import Responder
 
 __all__ = ["ReplyTimeout", "SimulatedLink"]
 
 
 class SimulatedLink:
-    """Talk Modbus to one :class:`SimulatedDevice`, one request at a time like a BLE link."""
+    """Talk Modbus to one simulated device or module, one request at a time like a BLE link."""
 
-    def __init__(self, device: SimulatedDevice, *, timeout: float = 2.0, latency: float | None = None) -> None:
+    def __init__(self, device: Responder, *, timeout: float = 2.0, latency: float | None = None) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         self.device = device
         self.timeout = timeout
-        self.latency = latency  # None: the device's behaviour.latency
+        # None: the answering device's behaviour.latency; a number replaces it, but
+        # a unit with the "late" fault still answers late
+        self.latency = latency
         self.sent: list[bytes] = []
         self.timeouts = 0
         self._lock = asyncio.Lock()
@@ -51,15 +55,16 @@ class SimulatedLink:
         """Send one request and return the parsed reply.
 
         Raises :class:`ReplyTimeout` (a TimeoutError) when no valid frame
-        arrives within ``timeout`` (no answer, wrong id, bad CRC, model gap)
+        arrives within ``timeout`` (no answer, wrong id, bad CRC, model gap,
+        a collision on a module's bus)
         and :class:`..modbus.ModbusException` for an exception reply.
         """
         async with self._lock:
             self.sent.append(request.frame)
-            reply = self.device.handle(request.frame)
-            latency = self.device.behaviour.latency if self.latency is None else self.latency
-            if reply is None or latency >= self.timeout:
+            answer = self.device.respond(request.frame, self.latency)
+            if answer is None or answer[1] >= self.timeout:
                 await self._time_out(request, self.timeout)
+            reply, latency = answer
             await asyncio.sleep(latency)
             assembler = modbus.ResponseAssembler(request)
             for chunk in self.device.chunks(reply):
