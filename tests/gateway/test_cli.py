@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,21 @@ def test_probe_rejects_a_bad_mac_before_touching_bluetooth(capsys: pytest.Captur
     code, out, err = run(capsys, "probe", "xyz", "--type", "renogy_charge_controller")
     assert code == 2 and out == ""
     assert "invalid MAC address 'xyz'" in err
+
+
+def test_probe_module_lists_the_units_of_a_simulated_hub(sim_process: Any) -> None:
+    """``blupow-gateway probe-module`` as a user runs it, against blupow-sim's hub over real bleak."""
+    sim = sim_process("hub:battery*2,controller@97")
+    (module,) = sim.modules
+    command = [str(Path(sys.executable).with_name("blupow-gateway")), "probe-module", module.mac, "--wait", "0.3"]
+    done = subprocess.run([*command, "--json"], env=sim.env(), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["summary"] == "2 batteries (48, 49) and a charge controller (97)"
+    assert [(u["modbus_id"], u["type"]) for u in report["units"]] == [
+        (48, "renogy_battery"),
+        (49, "renogy_battery"),
+        (97, "renogy_charge_controller"),
+    ]
+    table = subprocess.run(command, env=sim.env(), capture_output=True, text=True, timeout=60, check=False)
+    assert table.stdout.startswith(f"{module.mac}: 2 batteries (48, 49) and a charge controller (97) (")

@@ -22,7 +22,7 @@ from tests.plugins.mosquitto import Mosquitto, MqttRecorder, aretained
 CMD = "blupow/gateway/command"
 RESPONSE = "blupow/gateway/response"
 EVENT = "blupow/gateway/event"
-KNOWN_COMMANDS = "add_device, remove_device, update_device, list_devices, scan, poll_now, health_check"
+KNOWN_COMMANDS = "add_device, remove_device, update_device, list_devices, scan, probe_module, poll_now, health_check"
 KNOWN_TYPES = "generic_modbus, renogy_battery, renogy_charge_controller, renogy_dcc, renogy_inverter"
 RECORD_KEYS = {
     "mac_address",

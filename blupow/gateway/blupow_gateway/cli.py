@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--connect-timeout", type=float, default=20.0)
     probe.add_argument("--request-timeout", type=float, default=3.0)
 
+    module = sub.add_parser(
+        "probe-module", help="list the devices behind one Bluetooth module (hub, daisy chain); read-only"
+    )
+    module.add_argument("mac", help="Bluetooth address of the BT-1/BT-2 or hub module")
+    module.add_argument("--adapter", default="hci0")
+    module.add_argument("--connect-timeout", type=float, default=20.0)
+    module.add_argument("--wait", type=float, default=1.0, help="seconds each Modbus id may take to answer")
+    module.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     scan = sub.add_parser("scan", help="list nearby BLE devices and the types they may be")
     scan.add_argument("--seconds", type=float, default=5.0)
     scan.add_argument("--adapter", default="hci0")
@@ -167,6 +176,34 @@ async def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _probe_module(args: argparse.Namespace) -> int:
+    from . import probe
+    from .devices import create_device
+    from .transport import BleLink, LinkOptions, TransportError
+
+    options = LinkOptions(adapter=args.adapter, connect_timeout=args.connect_timeout)
+    try:  # every BT-1/BT-2 module has the same GATT layout: any of their drivers serves
+        link = BleLink(args.mac, create_device("renogy_charge_controller"), options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        await link.connect()
+        result = await probe.probe(link, args.wait)
+    except TransportError as exc:
+        print(f"{link.address} did not answer: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await link.disconnect()
+    if args.json:
+        units = [u.to_json() for u in result.units]
+        print(json.dumps({"mac_address": link.address, "summary": result.summary(), "units": units}, indent=2))
+        return 0 if result.units else 1
+    print(f"{link.address}: {result.summary()} ({result.seconds:g} s, Modbus ids tried: {len(result.tried)})")
+    for u in result.units:
+        print(f"  {u.modbus_id:>3}  {u.type:26} {u.variant or '-':9} {u.model or '-':18} {u.serial or '-'}")
+    return 0 if result.units else 1
+
+
 async def _scan(args: argparse.Namespace) -> int:
     from .transport import TransportError, scan
 
@@ -216,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_probe(args))
         if args.command == "scan":
             return asyncio.run(_scan(args))
+        if args.command == "probe-module":
+            return asyncio.run(_probe_module(args))
         return cmd_run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

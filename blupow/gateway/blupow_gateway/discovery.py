@@ -82,15 +82,16 @@ class Topics:
     def control_wildcard(self) -> str:
         return f"{self.base}/+/+/set"
 
-    # ``key``: a unit's key (modules.Unit.key); a MAC works too, as the key of its only unit.
-    def device_state(self, mac: str) -> str:
-        return f"{self.base}/{mac_id(mac)}/state"
+    # ``key``: a unit's key (modules.Unit.key, used as is); a MAC works too, as the key of its
+    # only unit.
+    def device_state(self, key: str) -> str:
+        return f"{self.base}/{_topic_id(key)}/state"
 
-    def availability(self, mac: str) -> str:
-        return f"{self.base}/{mac_id(mac)}/availability"
+    def availability(self, key: str) -> str:
+        return f"{self.base}/{_topic_id(key)}/availability"
 
-    def control_set(self, mac: str, key: str) -> str:
-        return f"{self.base}/{mac_id(mac)}/{key}/set"
+    def control_set(self, key: str, control: str) -> str:
+        return f"{self.base}/{_topic_id(key)}/{control}/set"
 
     def config(self, component: str, object_id: str) -> str:
         return f"{self.prefix}/{component}/{object_id}/config"
@@ -98,6 +99,10 @@ class Topics:
     @property
     def gateway_identifier(self) -> str:
         return f"blupow_gateway_{self.gateway_id}"
+
+
+def _topic_id(key: str) -> str:
+    return mac_id(key) if ":" in key else key
 
 
 def origin(version: str) -> dict[str, str]:

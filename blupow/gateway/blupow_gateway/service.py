@@ -366,11 +366,12 @@ class Gateway:
         """Which units answer behind module ``mac`` (probe.py); read-only, bounded in time."""
         # Every BT-1/BT-2 module has the same GATT layout: any of their drivers serves as profile.
         profile = registry.create_device("renogy_charge_controller")
-        limit = self.scheduler.connect_guard + len(probe.candidates()) * probe.PROBE_TIMEOUT + 10
+        wait = min(probe.PROBE_TIMEOUT, float(self.settings.request_timeout))  # per Modbus id tried
+        limit = self.scheduler.connect_guard + (len(probe.candidates()) + 1) * wait + 10
         try:
             async with asyncio.timeout(limit):
                 async with self.scheduler.session(mac, profile) as link:
-                    result = await probe.probe(link)
+                    result = await probe.probe(link, wait)
         except TimeoutError:
             raise CommandError(f"probing {mac} did not finish within {limit:g} s") from None
         except Exception as exc:

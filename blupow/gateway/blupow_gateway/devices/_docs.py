@@ -111,6 +111,11 @@ def render_driver(cls: type[BaseDevice]) -> str:
         ]
         return "\n".join(lines)
     lines.append(f"- Default Modbus id: {cls.default_modbus_id} (0x{cls.default_modbus_id:02X})")
+    if cls.probe_ids:
+        lines.append(
+            "- Looked for by `probe_module` behind a shared module at Modbus ids "
+            + ", ".join(str(i) for i in cls.probe_ids)
+        )
     for v in cls.variants:
         lines.append(f"- Variant `{v.name}`: Modbus id {v.modbus_id} (0x{v.modbus_id:02X}); {v.description}")
     lines.append(
@@ -122,13 +127,18 @@ def render_driver(cls: type[BaseDevice]) -> str:
         + (" (static" + (", optional)" if b.optional else ")") if b.static else (" (optional)" if b.optional else ""))
         for b in cls.blocks
     )
-    lines.append(f"- Read plan (start×words): {plan}")
+    if plan:
+        lines.append(f"- Read plan (start×words): {plan}")
     for c in cls.controls:
         lines.append(
             f"- Control `{c.key}` ({c.component}): register {c.register} (0x{c.register:04X}) "
             f"← {c.payload_on}/{c.payload_off}, state from `{c.state_field}`. {c.description}"
         )
-    lines += ["", "| key | unit | HA | register | meaning |", "|---|---|---|---|---|"]
+    return "\n".join([*lines, "", *_table(cls), ""])
+
+
+def _table(cls: type[BaseDevice]) -> list[str]:
+    lines = ["| key | unit | HA | register | meaning |", "|---|---|---|---|---|"]
     seen: set[str] = set()
     for f in cls.fields:
         row = f"| `{f.key}` | {f.unit or '–'} | {_ha(f)} | {_register(f)} | {_meaning(f)} |"
@@ -136,13 +146,27 @@ def render_driver(cls: type[BaseDevice]) -> str:
             row = row.replace(f"| `{f.key}` |", "| ″ |", 1)
         seen.add(f.key)
         lines.append(row)
-    lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+BANK_INTRO = """Not a device type of its own (it cannot be added): two or more `renogy_battery` units on one
+module also appear as this device, key `<MAC id>_bank`. Every value is computed from the same
+poll's reading of **every** member; with a member missing the values are left out and the device
+is unavailable, while `members_reporting` and `missing_members` stay available and name it
+(docs/mqtt-api.md, "Battery banks").
+
+"""
+
+
+def render_bank() -> str:
+    from ..banks import BatteryBank
+
+    return f"## `{BatteryBank.type_name}`\n\n" + BANK_INTRO + "\n".join(_table(BatteryBank)) + "\n"
 
 
 def render() -> str:
     body = "\n".join(render_driver(cls) for cls in drivers().values())
-    return HEADER + body + DECISIONS
+    return HEADER + body + "\n" + render_bank() + DECISIONS
 
 
 def main(argv: list[str]) -> int:
