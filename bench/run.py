@@ -13,6 +13,7 @@ Figures (docs/performance.md explains each one and how "ideal" is computed):
   scale    5. 50, 100, 200 devices at zero BLE latency: messages/s and CPU per poll
   keep     6. keep-connected against reconnect-per-poll: steady-state poll time
   storm    7. command answer times under a storm of mixed commands while devices poll
+  hub      8. N units behind one module: cycle against connect + sum of unit reads, CPU per unit
 
 Exit status: 0 when every figure ran (targets not met are shown in the table),
 1 when a figure failed to run, 2 with ``--strict`` when a target was not met.
@@ -36,7 +37,7 @@ from tests.plugins.mosquitto import MOSQUITTO, Mosquitto
 from .common import Figure, machine
 
 ROOT = Path(__file__).resolve().parent
-FIGURES = ("cycle", "keep", "scale", "cost", "memory", "latency", "storm")
+FIGURES = ("cycle", "keep", "scale", "cost", "memory", "latency", "storm", "hub")
 
 
 class Brokers:
@@ -62,7 +63,7 @@ class Brokers:
 
 
 def run_figures(selected: list[str], quick: bool) -> tuple[list[Figure], list[str]]:
-    from . import cycle, inproc, process
+    from . import cycle, hub, inproc, process
 
     figures: list[Figure] = []
     errors: list[str] = []
@@ -82,6 +83,7 @@ def run_figures(selected: list[str], quick: bool) -> tuple[list[Figure], list[st
             "memory": lambda: process.memory_figures(brokers.nodelay, quick),
             "latency": lambda: process.latency_figures(brokers.nodelay, brokers.default, quick),
             "storm": lambda: process.storm_figures(brokers.nodelay, quick),
+            "hub": lambda: hub.run(quick),
         }
         for name in selected:
             started = time.monotonic()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import inproc, process
+from bench import hub, inproc, process
 from bench.common import at_least, at_most
 from tests.plugins.mosquitto import Mosquitto
 
@@ -45,3 +45,11 @@ def test_a_missed_target_is_reported_as_missed() -> None:
         "target": "<= 5 ms",
         "met": True,
     }
+
+
+async def test_hub_figure_polls_every_unit_in_one_session_per_cycle() -> None:
+    """The hub figure measures what it claims: one connect per cycle, every unit read each time."""
+    measured = await hub._scheduled(4, cycles=2)
+    assert measured["connects"] == 3  # the first poll and two measured cycles, keep_connected off
+    assert measured["cycle"] > hub.CONNECT and measured["cpu_per_unit_poll"] > 0
+    assert await hub._baseline(1) > hub.CONNECT
