@@ -270,7 +270,7 @@ class BluPowOptionsFlow(OptionsFlow):
         if (gateway := self._current_gateway()) is None:
             return self._abort_offline()
         if user_input is not None:
-            return self._start("remove_device", {CONF_MAC_ADDRESS: user_input[CONF_MAC_ADDRESS]})
+            return self._start("remove_device", _removal(gateway.devices, user_input[CONF_MAC_ADDRESS]))
         return self._show_remove_form(gateway)
 
     def _show_remove_form(
@@ -280,7 +280,10 @@ class BluPowOptionsFlow(OptionsFlow):
         removable = [device for device in gateway.devices if device.get("origin") != "options"]
         if not removable:
             return self.async_abort(reason="no_removable_devices", description_placeholders=self._placeholders())
-        options = [SelectOptionDict(value=device["mac_address"], label=_device_label(device)) for device in removable]
+        options = [
+            SelectOptionDict(value=_unit_value(gateway.devices, device), label=_device_label(device))
+            for device in removable
+        ]
         schema = vol.Schema({vol.Required(CONF_MAC_ADDRESS): SelectSelector(SelectSelectorConfig(options=options))})
         return self.async_show_form(
             step_id="remove_device",
@@ -422,3 +425,23 @@ def _found_label(item: dict[str, Any]) -> str:
 def _device_label(device: dict[str, Any]) -> str:
     """`Inverter (D8:B6:73:BF:4F:75, renogy_inverter)`."""
     return f"{device.get('name') or device['mac_address']} ({device['mac_address']}, {device.get('type', '?')})"
+
+
+def _shares_module(devices: list[dict[str, Any]], device: dict[str, Any]) -> bool:
+    return sum(1 for d in devices if d.get("mac_address") == device.get("mac_address")) > 1
+
+
+def _unit_value(devices: list[dict[str, Any]], device: dict[str, Any]) -> str:
+    """What the remove form returns for ``device``: its MAC, or its unit id when the Bluetooth
+    module carries several units (a battery bank, a hub), whose MACs are all the same."""
+    if _shares_module(devices, device) and device.get("unit_id"):
+        return str(device["unit_id"])
+    return str(device.get("mac_address"))
+
+
+def _removal(devices: list[dict[str, Any]], value: str) -> dict[str, Any]:
+    """The remove_device payload for a form value: a unit of a shared module also names its ID."""
+    for device in devices:
+        if device.get("unit_id") == value and _shares_module(devices, device):
+            return {CONF_MAC_ADDRESS: device["mac_address"], CONF_MODBUS_ID: device.get("modbus_id")}
+    return {CONF_MAC_ADDRESS: value}

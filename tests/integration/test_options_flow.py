@@ -471,6 +471,41 @@ async def test_remove_device(hass: HomeAssistant, entry: MockConfigEntry, mqtt_m
     assert result["description_placeholders"]["mac_address"] == "D8:B6:73:BF:4F:75"
 
 
+async def test_remove_one_battery_of_a_bank(
+    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
+) -> None:
+    """Units behind one Bluetooth module share a MAC: the form tells them apart by unit id and the
+    request names the battery's Modbus ID."""
+    bank = [
+        {
+            "mac_address": "C4:64:E3:00:00:30",
+            "unit_id": unit_id,
+            "modbus_id": modbus_id,
+            "type": "renogy_battery",
+            "name": f"Battery {modbus_id}",
+            "origin": "command",
+            "status": "online",
+            "stats": {},
+        }
+        for unit_id, modbus_id in (("C464E3000030", 48), ("C464E3000030_49", 49))
+    ]
+    announce_gateway(hass, devices=[*bank, DEVICE_FROM_COMMAND])
+    result = await _menu(hass, entry, "remove_device")
+    assert select_options(result, "mac_address") == ["C464E3000030", "C464E3000030_49", "D8:B6:73:BF:4F:75"]
+
+    result = await _step(hass, result, {"mac_address": "C464E3000030_49"})
+    request = await next_command(mqtt_mock)
+    assert request == {
+        "command": "remove_device",
+        "mac_address": "C4:64:E3:00:00:30",
+        "modbus_id": 49,
+        "transaction": request["transaction"],
+    }
+    respond(hass, request, data={"mac_address": "C4:64:E3:00:00:30", "modbus_id": 49, "unit_id": "C464E3000030_49"})
+    result = await _finish(hass, result)
+    assert result["type"] == FlowResultType.ABORT and result["reason"] == "device_removed"
+
+
 async def test_remove_device_gateway_error(
     hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
 ) -> None:
