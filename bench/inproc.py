@@ -159,7 +159,7 @@ async def measure(
 
         async def cycle() -> None:
             gateway.cycle_done.clear()
-            gateway.poll_now(None)
+            gateway.scheduler.poll_now(None)
             await asyncio.wait_for(gateway.cycle_done.wait(), 60 + count)
 
         # Warm-up: at least ``warmup`` cycles, and until a cycle publishes nothing but the states: the
@@ -216,8 +216,8 @@ async def full_republish(gateway: BenchGateway) -> tuple[float, int, int]:
     sent0, dropped0 = gateway.configs_sent, gateway.configs_dropped
     started = time.monotonic()
     gateway._republish_devices()
-    assert gateway._republish is not None
-    await asyncio.wait_for(gateway._republish, 120)
+    assert gateway.publisher.republishing is not None
+    await asyncio.wait_for(gateway.publisher.republishing, 120)
     await gateway.mqtt.flush(30)
     return time.monotonic() - started, gateway.configs_sent - sent0, gateway.configs_dropped - dropped0
 

@@ -391,7 +391,7 @@ async def test_remove_device_clears_every_retained_topic(
     mac_id = sim.mac.replace(":", "")
     await add(recorder, sim.mac, "renogy_battery")
     await recorder.await_topic(f"blupow/{mac_id}/state", 5)
-    await wait_until(lambda: any("cell_voltage_1" in t for t in gateway._device_topics.get(mac_id, ())))
+    await wait_until(lambda: any("cell_voltage_1" in t for t in gateway.publisher.device_topics.get(mac_id, ())))
     await gateway.mqtt.flush()
     before = await aretained(mosquitto)
     mine = [t for t in before if mac_id in t]
@@ -660,7 +660,7 @@ async def test_commands_are_answered_while_a_scan_runs(
         await wait_until(lambda: bool(release), 10)
         return []
 
-    gateway.scanner = slow_scan
+    gateway.registry.scanner = slow_scan
     await recorder.apublish(CMD, {"command": "scan", "seconds": 5, "transaction": "s1"})
     second = await recorder.arequest(CMD, {"command": "scan", "transaction": "s2"})
     assert_error(second, "a scan is already running", "scan")

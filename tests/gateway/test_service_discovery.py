@@ -145,7 +145,7 @@ async def test_battery_lists_expand_per_item_and_shrink(
     assert f"homeassistant/sensor/blupow_{mac_id}_cell_voltages/config" not in configs
 
     sim.registers[5000] = 2  # the BMS now reports two cells: the extra entities must go
-    gateway.poll_now(sim.mac)
+    gateway.scheduler.poll_now(sim.mac)
     await wait_until(lambda: len(gateway.scheduler.unit(sim.mac).values.get("cell_voltages", [])) == 2, 5)
     await gateway.mqtt.flush()
     retained = await aretained(mosquitto)
@@ -163,7 +163,7 @@ async def test_steady_polls_do_not_rebuild_discovery(
     Building and encoding 20-40 configs after every poll only to find them unchanged was half of
     the gateway's CPU per poll; the real ``device_configs`` is wrapped here to count the builds.
     """
-    from blupow_gateway import service
+    from blupow_gateway import publisher
 
     sim, gateway = await online(gateway_factory, sim_world, "battery", "renogy_battery")
     worker = gateway.scheduler.unit(sim.mac)
@@ -173,11 +173,11 @@ async def test_steady_polls_do_not_rebuild_discovery(
         builds.append(record.mac_address)
         return device_configs(topics, record, *args)
 
-    monkeypatch.setattr(service, "device_configs", counting)
+    monkeypatch.setattr(publisher, "device_configs", counting)
 
     async def poll() -> None:
         done = worker.stats.successes
-        gateway.poll_now(sim.mac)
+        gateway.scheduler.poll_now(sim.mac)
         await wait_until(lambda: worker.stats.successes > done, 5, "polled")
 
     first = dict(worker.values)
@@ -287,10 +287,10 @@ async def test_a_republish_larger_than_the_mqtt_queue_loses_nothing(
     The queue is shrunk to 60 messages (one device fits) against ~130 configs. The unpaced control shows that the
     burst really overflows it (the republish loses configs without the pause).
     """
-    from blupow_gateway import mqtt, service
+    from blupow_gateway import mqtt, publisher
 
     monkeypatch.setattr(mqtt, "MAX_QUEUED", 60)
-    monkeypatch.setattr(service, "REPUBLISH_HIGH_WATER", 10 if paced else 10**6)
+    monkeypatch.setattr(publisher, "REPUBLISH_HIGH_WATER", 10 if paced else 10**6)
     recorder = mqtt_recorder()
     sims = [sim_world.add("battery", mac=f"C4:64:E3:00:01:{i:02X}") for i in range(3)]
     # polls must not republish what the burst dropped within the test: one poll each, at the start
@@ -307,7 +307,8 @@ async def test_a_republish_larger_than_the_mqtt_queue_loses_nothing(
     gateway.ha_delay = (0.0, 0.0)
     since = recorder.mark()
     await recorder.apublish("homeassistant/status", "online")
-    await wait_until(lambda: gateway._republish is not None and gateway._republish.done(), 10, "republished")
+    out = gateway.publisher
+    await wait_until(lambda: out.republishing is not None and out.republishing.done(), 10, "republished")
     await gateway.mqtt.flush()
     await asyncio.sleep(0.2)  # the last deliveries to the recorder
     republished = {m.topic for m in recorder.messages[since:] if m.topic in expected}

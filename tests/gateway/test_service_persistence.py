@@ -274,7 +274,8 @@ async def test_devices_removed_from_the_options_while_stopped_are_cleared(
     await first.stop()
     assert any(mac_id in t for t in await aretained(mosquitto, "homeassistant/#"))
     second = await gateway_factory(())  # the device is no longer in the options
-    await wait_until(lambda: second.mqtt.connected and sim.mac.replace(":", "") not in second._ledger, 5, "cleared")
+    key = sim.mac.replace(":", "")
+    await wait_until(lambda: second.mqtt.connected and key not in second.publisher.ledger, 5, "cleared")
     await second.mqtt.flush()
     retained = await aretained(mosquitto)
     assert [t for t in retained if mac_id in t] == []
@@ -305,8 +306,9 @@ async def test_a_removal_while_the_broker_is_away_is_cleared_once_it_is_back(
     await wait_until(lambda: not gateway.mqtt.connected, 10, "disconnected")
     answer = await gateway.processor.handle(json.dumps({"command": "remove_device", "mac_address": sim.mac}).encode())
     assert answer.status == "ok", answer
-    assert sim.mac.replace(":", "") in gateway._ledger  # remembered: its clears could not be sent
+    assert sim.mac.replace(":", "") in gateway.publisher.ledger  # remembered: its clears could not be sent
     mosquitto.start()
-    await wait_until(lambda: gateway.mqtt.connected and sim.mac.replace(":", "") not in gateway._ledger, 15, "cleared")
+    key = sim.mac.replace(":", "")
+    await wait_until(lambda: gateway.mqtt.connected and key not in gateway.publisher.ledger, 15, "cleared")
     await gateway.mqtt.flush()
     assert [t for t in await aretained(mosquitto) if mac_id in t] == []

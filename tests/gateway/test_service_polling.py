@@ -41,7 +41,7 @@ async def test_never_more_than_max_connections_and_one_connect_at_a_time(
     devices = options_for(sim_world, ["controller", "dcc", "battery", "battery_pro", "controller"])
     gateway = await gateway_factory(devices, max_connections=2, keep_connected=True, poll_interval=0.3)
     for _ in range(4):
-        gateway.poll_now(None)
+        gateway.scheduler.poll_now(None)
         await asyncio.sleep(0.25)
     await wait_until(lambda: all(w.stats.successes >= 3 for w in gateway.scheduler.units.values()), 10)
     assert sim_world.max_connected == 2  # the limit is reached, and never passed
@@ -186,7 +186,7 @@ async def test_newly_added_device_is_polled_at_once(gateway_factory: GatewayFact
     gateway = await gateway_factory(poll_interval=60)
     sim = sim_world.add("controller")
     started = time.monotonic()
-    await gateway.add_device(
+    await gateway.registry.add_device(
         DeviceRecord(sim.mac, "renogy_charge_controller", "x"), create_device("renogy_charge_controller")
     )
     await wait_until(lambda: gateway.scheduler.unit(sim.mac).stats.successes == 1, 2)

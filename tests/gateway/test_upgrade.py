@@ -65,7 +65,7 @@ async def test_a_release_installation_keeps_its_ids_topics_and_records(
     keys = {"C464E3000101", "C464E3000102", "C464E3000103"}
     assert set(gateway.scheduler.units) == keys  # each record is its module's only unit, keyed by the MAC
     await wait_until(lambda: all(u.stats.successes for u in gateway.scheduler.units.values()), 10, "polled")
-    await wait_until(lambda: keys <= set(gateway._discovered), 10, "discovery complete")
+    await wait_until(lambda: keys <= set(gateway.publisher.discovered), 10, "discovery complete")
     await gateway.mqtt.flush()
     retained = await aretained(mosquitto)
 
