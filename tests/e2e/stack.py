@@ -79,6 +79,19 @@ class SimDevice:
         return self.mac.replace(":", "").upper()
 
 
+@dataclass(frozen=True)
+class SimModule:
+    """A module with several units (``hub:`` / ``chain:``) as ``blupow-sim`` announces it."""
+
+    mac: str
+    name: str
+    units: dict[int, str]  # Modbus id -> gateway type
+
+    @property
+    def topic_id(self) -> str:
+        return self.mac.replace(":", "").upper()
+
+
 @dataclass
 class StackOptions:
     state_dir: Path
@@ -87,6 +100,7 @@ class StackOptions:
     connect_timeout: int = 5  # the gateway's minimum: a device out of range is declared offline sooner
     frozen: bool = True  # simulated time stands still: every value stays constant (tests)
     kinds: tuple[str, ...] = ALL_KINDS
+    hub_batteries: tuple[int, ...] = (48, 49)  # a battery bank on one BT-2 (none: empty)
     gateway_log_level: str = "debug"
     ha_log_level: str = "info"
     username: str = "blupow"
@@ -184,11 +198,14 @@ class FakeSupervisor:
 class Simulator:
     """``blupow-sim`` with a control socket; exits by itself when our end of its stdin closes."""
 
-    def __init__(self, state_dir: Path, kinds: tuple[str, ...], frozen: bool) -> None:
+    def __init__(self, state_dir: Path, kinds: tuple[str, ...], frozen: bool, hub: tuple[int, ...] = ()) -> None:
         self.config_path = state_dir / "sim.yaml"
         self.socket_path = state_dir / "sim.sock"
         options = {"frozen": True} if frozen else {}
-        entries = [{"kind": kind, "options": options} for kind in kinds]
+        entries: list[dict[str, Any]] = [{"kind": kind, "options": options} for kind in kinds]
+        if hub:
+            units = [{"kind": "battery", "modbus_id": modbus_id} for modbus_id in hub]
+            entries.append({"kind": "chain", "units": units, "options": options})
         # JSON is YAML: no YAML writer needed. 0.1 s between advertisements keeps D-Bus traffic low.
         self.config_path.write_text(json.dumps({"adv_interval": 0.1, "devices": entries}, indent=1))
         self.process = Process(
@@ -208,6 +225,7 @@ class Simulator:
         )
         self.bus_address = ""
         self.devices: list[SimDevice] = []
+        self.modules: list[SimModule] = []
 
     def start(self) -> None:
         self.process.start()
@@ -232,6 +250,11 @@ class Simulator:
         for line in buffer.decode().splitlines():
             if line.startswith("DBUS_SYSTEM_BUS_ADDRESS="):
                 self.bus_address = line.split("=", 1)[1]
+            elif line.split(" ", 2)[1:2] == ["module"]:  # MAC module NAME 48=renogy_battery/legacy,...
+                mac, _, rest = line.split(" ", 2)
+                name, units = rest.rsplit(" ", 1)
+                types = {int(i): t.split("/")[0].split("+")[0] for i, t in (u.split("=") for u in units.split(","))}
+                self.modules.append(SimModule(mac, name, types))
             elif line != "READY":
                 mac, type_name, name = line.split(" ", 2)
                 self.devices.append(SimDevice(mac, type_name, name))
@@ -356,7 +379,7 @@ class Stack:
     # -- simulator ----------------------------------------------------------------------------
 
     def _start_simulator(self) -> None:
-        self.sim = Simulator(self.state_dir, self.options.kinds, self.options.frozen)
+        self.sim = Simulator(self.state_dir, self.options.kinds, self.options.frozen, self.options.hub_batteries)
         self.sim.start()
 
     def _stop_simulator(self) -> None:
@@ -571,6 +594,16 @@ class Stack:
         if form.get("type") != "form" or form.get("step_id") != "add_device":
             raise HAError(f"the add-device form did not open: {form!r}")
         data = {"mac_address": device.mac, "type": device.type, "name": name or DEVICE_NAMES.get(device.type, "")}
+        result = self.api.configure_flow(form["flow_id"], data, options=True)
+        return self.api.finish_progress(result, options=True)
+
+    def add_unit(self, mac: str, type_name: str, modbus_id: int, name: str) -> dict[str, Any]:
+        """Configure -> Add device with a Modbus ID: one unit behind a shared module."""
+        menu = self.options_flow_menu()
+        form = self.api.configure_flow(menu["flow_id"], {"next_step_id": "add_device"}, options=True)
+        if form.get("type") != "form" or form.get("step_id") != "add_device":
+            raise HAError(f"the add-device form did not open: {form!r}")
+        data = {"mac_address": mac, "type": type_name, "name": name, "modbus_id": modbus_id}
         result = self.api.configure_flow(form["flow_id"], data, options=True)
         return self.api.finish_progress(result, options=True)
 

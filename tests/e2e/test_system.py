@@ -368,6 +368,57 @@ def test_link_loss_makes_entities_unavailable_then_recover(stack: Stack, added: 
     wait_states_match(stack, battery)
 
 
+def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[str, Any]]) -> None:
+    """Two batteries on one BT-2 (a daisy chain), added through the options flow with their Modbus
+    IDs: each is its own device, the bank adds them up; one battery silenced takes only itself and
+    the bank away (the bank names it); restored, all come back; a gateway restart loses nothing."""
+    assert stack.sim is not None and stack.sim.modules
+    chain = stack.sim.modules[0]
+    for modbus_id in chain.units:
+        result = stack.add_unit(chain.mac, "renogy_battery", modbus_id, f"Bank battery {modbus_id}")
+        assert result["type"] == "abort" and result["reason"] == "device_added", result
+    key = chain.topic_id
+    wanted = {
+        f"blupow_{key}_current",
+        f"blupow_{key}_49_current",
+        f"blupow_{key}_bank_current",
+        f"blupow_{key}_bank_missing_members",
+    }
+
+    def entity_ids() -> dict[str, str] | None:
+        found = {e["unique_id"]: e["entity_id"] for e in stack.api.ws("config/entity_registry/list")}
+        return found if wanted <= set(found) else None
+
+    ids = wait_until(entity_ids, ENTITY_TIMEOUT, "the bank's and the batteries' entities")
+    first, second, bank = (ids[f"blupow_{key}{part}_current"] for part in ("", "_49", "_bank"))
+    missing = ids[f"blupow_{key}_bank_missing_members"]
+
+    def bank_adds_up() -> bool:
+        values = [state_of(stack, e) for e in (first, second, bank)]
+        if any(v in NOT_A_VALUE for v in values):
+            return False
+        return abs(float(values[0]) + float(values[1]) - float(values[2])) < 0.011
+
+    wait_until(bank_adds_up, STATE_TIMEOUT, "bank current = sum of the batteries' currents")
+    assert state_of(stack, missing) == "none"
+
+    stack.sim.control("set", mac=chain.mac, modbus_id=49, faults=["silent"])
+    try:
+        wait_until(lambda: state_of(stack, second) == "unavailable", UNAVAILABLE_TIMEOUT, "battery 49 unavailable")
+        wait_until(lambda: state_of(stack, bank) == "unavailable", STATE_TIMEOUT, "the bank unavailable")
+        assert state_of(stack, missing) == "Bank battery 49"  # the status entity stays and names it
+        assert state_of(stack, first) not in NOT_A_VALUE  # its sibling carries on
+    finally:
+        stack.sim.control("set", mac=chain.mac, modbus_id=49, faults=[])
+    wait_until(bank_adds_up, RECOVERY_TIMEOUT, "the bank back, adding up")
+    assert state_of(stack, missing) == "none"
+
+    stack.stop_gateway()
+    stack.start_gateway()
+    wait_until(bank_adds_up, RECOVERY_TIMEOUT, "the bank after a gateway restart")
+    assert entity_ids() == ids  # same entities, same entity ids
+
+
 def test_removing_a_device_through_options_flow_removes_its_entities(
     stack: Stack, added: dict[str, dict[str, Any]]
 ) -> None:
