@@ -444,17 +444,6 @@ class Gateway:
 
     # ================================================================== MQTT out
 
-    def _event(self, kind: str, unit: Unit, data: dict[str, Any]) -> None:
-        payload = {
-            "type": kind,
-            "mac_address": unit.mac,
-            "modbus_id": unit.modbus_id,
-            "unit_id": unit.key,
-            "time": utc_now(),
-            "data": data,
-        }
-        self.mqtt.publish(self.topics.event, payload, qos=1, retain=False, queue_offline=True)
-
     def _publish_info(self) -> None:
         settings = self.settings
         info = {
