@@ -61,6 +61,9 @@ def _banner(stack: Stack, password_file: Path) -> str:
         "  Devices (simulated, added through Settings -> BluPow -> Configure):",
     ]
     lines += [f"    {d.mac}  {d.type:<26} {d.name}" for d in stack.sim.devices]
+    for module in stack.sim.modules:  # one Bluetooth module, several units, and their battery bank
+        units = ", ".join(f"{t} #{i}" for i, t in module.units.items())
+        lines.append(f"    {module.mac}  one BT-2 carrying {units} (and a Battery bank device)")
     lines += [
         f"  Logs:            {_shown(stack.logs_dir)}/ and {_shown(stack.ha_log)}",
         f"  Simulator:       control socket {_shown(stack.sim.socket_path)} (JSON lines, see blupow-sim --help)",
@@ -103,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
             result = stack.add_device(device)
             outcome = "added" if result.get("reason") == "device_added" else f"NOT added: {result}"
             print(f"develop: {device.type} {device.mac} {outcome}", flush=True)
+        for module in stack.sim.modules if stack.sim else []:  # a battery bank on one BT-2
+            for modbus_id, type_name in module.units.items():
+                result = stack.add_unit(module.mac, type_name, modbus_id, f"Bank battery {modbus_id}")
+                outcome = "added" if result.get("reason") == "device_added" else f"NOT added: {result}"
+                print(f"develop: {type_name} {module.mac} #{modbus_id} {outcome}", flush=True)
         kinds = {d.type for d in stack.sim.devices} if stack.sim else set()
         if {"renogy_charge_controller", "renogy_dcc"} <= kinds:  # the demo's Energy dashboard
             stack.api.ws("energy/save_prefs", **stack.energy_prefs(stack.energy_sensors()))
