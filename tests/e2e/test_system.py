@@ -368,7 +368,7 @@ def test_link_loss_makes_entities_unavailable_then_recover(stack: Stack, added: 
     wait_states_match(stack, battery)
 
 
-def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[str, Any]]) -> None:
+def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[str, Any]], artifacts: Path) -> None:
     """Two batteries on one BT-2 (a daisy chain), added through the options flow with their Modbus
     IDs: each is its own device, the bank adds them up; one battery silenced takes only itself and
     the bank away (the bank names it); restored, all come back; a gateway restart loses nothing."""
@@ -422,6 +422,22 @@ def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[st
     stack.start_gateway()
     wait_until(bank_adds_up, RECOVERY_TIMEOUT, "the bank after a gateway restart")
     assert module_entities() == before  # the same entities of both batteries and the bank, same entity ids
+
+    if Path("/usr/bin/chromium").exists():  # what a person sees: the bank's device page
+        bank_device = next(
+            d for d in stack.api.ws("config/device_registry/list") if ["mqtt", f"blupow_{key}_bank"] in d["identifiers"]
+        )
+        tokens = HomeAssistantAPI(stack.ha_url).login(stack.options.username, stack.options.password)
+        shot = artifacts / "battery-bank-page.png"
+        text = screenshot_logged_in(
+            stack.ha_url,
+            tokens,
+            f"/config/devices/device/{bank_device['id']}",
+            shot,
+            (bank_device["name"], "Members reporting", "Missing members", "Battery SOC"),
+            stack.logs_dir / "chromium-bank.log",
+        )
+        assert shot.stat().st_size > 20_000 and "2 of 2" in text and "Unavailable" not in text
 
 
 def test_removing_a_device_through_options_flow_removes_its_entities(

@@ -152,18 +152,21 @@ class BatteryBank(BaseDevice):
         Field(
             "cell_voltage_min",
             None,
+            name="Lowest cell voltage",
             compute=lambda v: min(m["cell_voltage_min"] for m in _members(v)),
             **_measure("V", "voltage", 3, "Lowest cell voltage in the bank"),
         ),
         Field(
             "cell_voltage_max",
             None,
+            name="Highest cell voltage",
             compute=lambda v: max(m["cell_voltage_max"] for m in _members(v)),
             **_measure("V", "voltage", 3, "Highest cell voltage in the bank"),
         ),
         Field(
             "temperature_max",
             None,
+            name="Highest temperature",
             compute=lambda v: max(max(_temperatures(m)) for m in _members(v)),
             **_measure("°C", "temperature", 1, "Highest temperature of any sensor in the bank"),
         ),
