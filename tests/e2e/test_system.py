@@ -172,6 +172,13 @@ def state_of(stack: Stack, entity_id: str) -> str:
     return state["state"] if state else "missing"
 
 
+def device_page(stack: Stack, device_id: str, shot: Path, texts: tuple[str, ...]) -> str:
+    """Headless Chromium, logged in: a device page's screenshot in ``shot``, once ``texts`` show; its text."""
+    tokens = HomeAssistantAPI(stack.ha_url).login(stack.options.username, stack.options.password)
+    log = stack.logs_dir / f"chromium-{shot.stem}.log"
+    return screenshot_logged_in(stack.ha_url, tokens, f"/config/devices/device/{device_id}", shot, texts, log)
+
+
 def energy_issues(stack: Stack) -> list[dict[str, Any]]:
     """Every issue energy/validate reports for the configured sources."""
     result = stack.api.ws("energy/validate")
@@ -427,16 +434,9 @@ def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[st
         bank_device = next(
             d for d in stack.api.ws("config/device_registry/list") if ["mqtt", f"blupow_{key}_bank"] in d["identifiers"]
         )
-        tokens = HomeAssistantAPI(stack.ha_url).login(stack.options.username, stack.options.password)
         shot = artifacts / "battery-bank-page.png"
-        text = screenshot_logged_in(
-            stack.ha_url,
-            tokens,
-            f"/config/devices/device/{bank_device['id']}",
-            shot,
-            (bank_device["name"], "Members reporting", "Missing members", "Battery SOC"),
-            stack.logs_dir / "chromium-bank.log",
-        )
+        texts = (bank_device["name"], "Members reporting", "Missing members", "Battery SOC")
+        text = device_page(stack, bank_device["id"], shot, texts)
         assert shot.stat().st_size > 20_000 and "2 of 2" in text and "Unavailable" not in text
 
 
@@ -515,16 +515,9 @@ def test_browser_shows_the_device_page(stack: Stack, added: dict[str, dict[str, 
     assert entry is not None
     device = driver_for(stack, controller.mac)
     names = tuple(device.field(k).display_name for k in ("battery_voltage", "pv_power"))  # type: ignore[union-attr]
-    tokens = HomeAssistantAPI(stack.ha_url).login(stack.options.username, stack.options.password)
     shot = artifacts / "device-page.png"
-    text = screenshot_logged_in(
-        stack.ha_url,
-        tokens,
-        f"/config/devices/device/{entry['id']}",
-        shot,
-        (DEVICE_NAMES[controller.type], *names, device.control("load").display_name),  # type: ignore[union-attr]
-        stack.logs_dir / "chromium.log",
-    )
+    load = device.control("load").display_name  # type: ignore[union-attr]
+    text = device_page(stack, entry["id"], shot, (DEVICE_NAMES[controller.type], *names, load))
     assert shot.stat().st_size > 20_000  # a real rendering, not a blank page
     assert "Unavailable" not in text
 

@@ -35,7 +35,16 @@ from .mqtt import Message, MqttClient, Will, new_client_id
 from .publisher import Publisher
 from .registry import DeviceRegistry, Scanner
 from .scheduler import LinkFactory, Scheduler, default_link_factory
-from .store import ORIGIN_OPTIONS, DeviceRecord, DeviceStore, PublishedLedger, merge, utc_now
+from .store import (
+    ORIGIN_OPTIONS,
+    DeviceRecord,
+    DeviceStore,
+    PublishedLedger,
+    default_name,
+    mac_id,
+    merge,
+    utc_now,
+)
 from .tasks import stop_task, stop_tasks
 
 _LOGGER = logging.getLogger(__name__)
@@ -303,9 +312,11 @@ class Gateway:
                 self.publisher.clear(bank.key, bank)
             return
         if bank is None:
-            key = banks.bank_key(members[0].record.topic_id.split("_")[0])
             record = DeviceRecord(
-                mac_address=module.mac, type=banks.BatteryBank.type_name, name=f"Battery bank {key[8:12]}", unit_id=key
+                mac_address=module.mac,
+                type=banks.BatteryBank.type_name,
+                name=default_name(banks.BatteryBank.model_hint, module.mac),
+                unit_id=banks.bank_key(mac_id(module.mac)),
             )
             bank = self._banks[module.mac] = Unit(record=record, device=banks.BatteryBank(), module=module)
         fresh = [u for u in members if u.polled_cycle == module.polls]
