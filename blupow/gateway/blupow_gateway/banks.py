@@ -18,15 +18,23 @@ total that silently lacks a battery. A member without a field (a pack without
 temperature sensors) makes that one aggregate unavailable, not partial.
 
 One table (``BatteryBank.fields``) drives the computation, the entities and the
-device reference, like a driver's register table.
+device reference, like a driver's register table. :class:`BankKeeper` decides
+which batteries form a bank, keeps each bank's device and hands it to the
+publisher; the gateway only tells it when modules were polled and units changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .devices.base import BaseDevice, Category, Field, is_finite
+from .modules import Module, Status, Unit
+from .store import DeviceRecord, default_name, mac_id
+
+_LOGGER = logging.getLogger(__name__)
 
 BANK_SUFFIX = "_bank"
 MEMBER_TYPE = "renogy_battery"
@@ -204,3 +212,150 @@ def status_always_available(configs: dict[str, dict[str, Any]]) -> dict[str, dic
         status = any(str(payload.get("unique_id", "")).endswith(f"_{key}") for key in STATUS_KEYS)
         patched[topic] = {**payload, "availability": payload["availability"][:1]} if status else payload
     return patched
+
+
+# ====================================================================== which batteries form which bank
+
+
+class BankPublisher(Protocol):
+    """What the keeper needs of ``publisher.Publisher`` (a protocol: the publisher imports this module)."""
+
+    def state(self, unit: Unit) -> None: ...
+
+    def availability(self, unit: Unit) -> None: ...
+
+    def discovery(self, unit: Unit, *, force: bool = False, prune: bool = False) -> None: ...
+
+    def clear(self, key: str, unit: Unit | None) -> bool: ...
+
+
+@dataclass(eq=False)
+class Bank:
+    """One bank: the unit the publisher shows (key, record, values, status) and its members."""
+
+    unit: Unit
+    members: list[Unit]
+
+    @property
+    def key(self) -> str:
+        return self.unit.key
+
+
+def group_of(unit: Unit) -> tuple[str, str] | None:
+    """The key and display name of the bank ``unit`` belongs to, or None for a unit of no bank."""
+    if not is_member(unit.record.type) or not unit.pollable or unit.retired:
+        return None
+    mac = unit.module.mac
+    return bank_key(mac_id(mac)), default_name(BatteryBank.model_hint, mac)
+
+
+def fresh(unit: Unit, finished: int) -> bool:
+    """Whether ``unit`` answered in its module's latest poll (``finished``: that poll's number).
+
+    A poll of the module may be under way: a member it has read already counts
+    (``polled_cycle`` is then ahead), one it has not read yet counts with its reading
+    of the finished poll. A failed latest attempt (also a connection that failed, which
+    finishes no poll) or a unit not read since it was (re-)enabled does not count.
+    """
+    return unit.status == Status.ONLINE and unit.stats.consecutive_failures == 0 and unit.polled_cycle >= finished
+
+
+class BankKeeper:
+    """Groups the configured battery units into banks and keeps each bank's device published.
+
+    ``units`` returns the configured units in their order (the scheduler's). A bank
+    exists while it has two members or more; the member order is the units' order,
+    which is also the order in which ``missing_members`` names them.
+    """
+
+    def __init__(self, publisher: BankPublisher, units: Callable[[], Iterable[Unit]]) -> None:
+        self._publisher = publisher
+        self._units = units
+        self._banks: dict[str, Bank] = {}
+        # module -> its poll count when its latest poll finished (see fresh())
+        self._finished: dict[Module, int] = {}
+
+    # --- views, for the gateway's republish and ledger cleanup ---
+
+    def keys(self) -> set[str]:
+        return set(self._banks)
+
+    def units(self) -> list[Unit]:
+        return [bank.unit for bank in self._banks.values()]
+
+    def live(self, unit: Unit) -> bool:
+        """Whether ``unit`` is the device of a bank that still exists."""
+        bank = self._banks.get(unit.key)
+        return bank is not None and bank.unit is unit
+
+    def bank(self, key: str) -> Bank | None:
+        return self._banks.get(key)
+
+    # --- what the gateway reports ---
+
+    def module_polled(self, module: Module) -> None:
+        """After a poll of ``module``: the banks with a member on it, from this poll's readings."""
+        self._finished[module] = module.polls
+        published = self.regroup()
+        for bank in self._banks.values():
+            if bank not in published and any(m.module is module for m in bank.members):
+                self._publish(bank)
+
+    def regroup(self) -> list[Bank]:
+        """Form, change and drop banks after units changed; returns the banks published anew."""
+        groups: dict[str, tuple[str, list[Unit]]] = {}
+        for unit in self._units():
+            group = group_of(unit)
+            if group is not None:
+                groups.setdefault(group[0], (group[1], []))[1].append(unit)
+        groups = {key: group for key, group in groups.items() if len(group[1]) >= 2}
+        for key in [k for k in self._banks if k not in groups]:
+            self._drop(key)
+        modules = {m.module for _name, members in groups.values() for m in members}
+        self._finished = {m: n for m, n in self._finished.items() if m in modules}  # no leak of removed ones
+        published = []
+        for key, (name, members) in groups.items():
+            bank = self._banks.get(key)
+            if bank is None:
+                bank = self._banks[key] = Bank(self._new_unit(key, name, members[0]), members)
+            elif bank.members == members and bank.unit.record.name == name:
+                continue
+            else:
+                bank.members = members
+                bank.unit.record = bank.unit.record.with_changes(name=name)
+            self._publish(bank)
+            published.append(bank)
+        return published
+
+    # --- internals ---
+
+    @staticmethod
+    def _new_unit(key: str, name: str, first: Unit) -> Unit:
+        record = DeviceRecord(mac_address=first.mac, type=BatteryBank.type_name, name=name, unit_id=key)
+        return Unit(record=record, device=BatteryBank(), module=first.module)
+
+    def _drop(self, key: str) -> None:
+        bank = self._banks.pop(key)
+        # a failed clear stays in the publisher's ledger and is retried by its clear_stale
+        self._publisher.clear(key, bank.unit)
+        _LOGGER.info("Battery bank %s (%s) removed: fewer than two members", key, bank.unit.record.name)
+
+    def _publish(self, bank: Bank) -> None:
+        """The bank's values from the members' latest readings; unavailable while one is missing."""
+        unit = bank.unit
+        if unit.status == Status.PENDING and any(m.stats.attempts == 0 for m in bank.members):
+            # A member not tried yet in this run: nothing is known; like a unit before its first
+            # poll, the bank leaves the retained topics of the previous run alone.
+            return
+        fresh_members = [m for m in bank.members if fresh(m, self._finished.get(m.module, 0))]
+        missing = [m.record.name for m in bank.members if m not in fresh_members]
+        assert isinstance(unit.device, BatteryBank)
+        unit.values = unit.device.aggregate([m.values for m in fresh_members], missing)
+        self._publisher.state(unit)
+        self._publisher.discovery(unit, prune=not missing)
+        status = Status.OFFLINE if missing else Status.ONLINE
+        if status != unit.status:
+            unit.status = status
+            self._publisher.availability(unit)
+            if missing:
+                _LOGGER.warning("Battery bank %s is unavailable: %s did not answer", unit.key, ", ".join(missing))

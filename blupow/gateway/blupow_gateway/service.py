@@ -6,11 +6,11 @@ disconnects from the broker and returns 0, all within a few seconds.
 
 :class:`Gateway` wires the parts and runs them: the MQTT client and its
 subscriptions (commands into ``commands.CommandLanes``, controls, Home
-Assistant's birth message), the scheduler (it is its ``Listener``), the battery
-banks, and the gateway-wide topics (state, info, health, device list, events).
-Each other job has its own class: ``registry.DeviceRegistry`` changes the
-device list for the commands, ``publisher.Publisher`` publishes what Home
-Assistant sees of each unit and keeps the ledger.
+Assistant's birth message), the scheduler (it is its ``Listener``), and the
+gateway-wide topics (state, info, health, device list, events). Each other job
+has its own class: ``registry.DeviceRegistry`` changes the device list for the
+commands, ``publisher.Publisher`` publishes what Home Assistant sees of each
+unit and keeps the ledger, ``banks.BankKeeper`` forms the battery banks.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, banks, commands
+from . import __version__, commands
 from . import devices as drivers
+from .banks import BankKeeper
 from .commands import CommandLanes, CommandProcessor, Request, Response
 from .discovery import Topics, gateway_configs
 from .modules import Module, Status, Unit
@@ -35,16 +36,7 @@ from .mqtt import Message, MqttClient, Will, new_client_id
 from .publisher import Publisher
 from .registry import DeviceRegistry, Scanner
 from .scheduler import LinkFactory, Scheduler, default_link_factory
-from .store import (
-    ORIGIN_OPTIONS,
-    DeviceRecord,
-    DeviceStore,
-    PublishedLedger,
-    default_name,
-    mac_id,
-    merge,
-    utc_now,
-)
+from .store import ORIGIN_OPTIONS, DeviceRecord, DeviceStore, PublishedLedger, merge, utc_now
 from .tasks import stop_task, stop_tasks
 
 _LOGGER = logging.getLogger(__name__)
@@ -138,6 +130,7 @@ class Gateway:
             on_connect=self._on_mqtt_connect,
         )
         self.publisher = Publisher(self.mqtt, self.topics, version, PublishedLedger(data_dir))
+        self.banks = BankKeeper(self.publisher, self.scheduler.units.values)
         self.registry = DeviceRegistry(
             settings, DeviceStore(data_dir), self.scheduler, self.publisher, self, scanner or _default_scanner
         )
@@ -147,7 +140,6 @@ class Gateway:
         self._devices_dirty = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ha_republish: asyncio.Task[None] | None = None
-        self._banks: dict[str, Unit] = {}  # module MAC -> its battery bank (banks.py)
         self._stopped = False
 
     # ================================================================== lifecycle
@@ -231,8 +223,7 @@ class Gateway:
         self._publish_devices()
 
     def unit_removed(self, unit: Unit) -> None:
-        if banks.is_member(unit.record.type):
-            self._refresh_bank(unit.module)
+        self.banks.regroup()
         self.event("device_removed", unit, {})
         self._publish_devices()
         self._publish_health()
@@ -299,42 +290,12 @@ class Gateway:
         self._publish_health()
 
     def on_module_polled(self, module: Module) -> None:
-        """After each module poll (every unit read in one session): the module's battery bank."""
-        self._refresh_bank(module)
-
-    def _refresh_bank(self, module: Module) -> None:
-        """Publish the bank of ``module``'s batteries from this poll; drop it below two members."""
-        members = [u for u in module.units.values() if banks.is_member(u.record.type) and u.pollable]
-        bank = self._banks.get(module.mac)
-        if len(members) < 2 or module.retired:
-            if bank is not None:
-                del self._banks[module.mac]
-                self.publisher.clear(bank.key, bank)
-            return
-        if bank is None:
-            record = DeviceRecord(
-                mac_address=module.mac,
-                type=banks.BatteryBank.type_name,
-                name=default_name(banks.BatteryBank.model_hint, module.mac),
-                unit_id=banks.bank_key(mac_id(module.mac)),
-            )
-            bank = self._banks[module.mac] = Unit(record=record, device=banks.BatteryBank(), module=module)
-        fresh = [u for u in members if u.polled_cycle == module.polls]
-        missing = [u.record.name for u in members if u.polled_cycle != module.polls]
-        assert bank.device is not None
-        bank.values = bank.device.aggregate([u.values for u in fresh], missing)  # type: ignore[attr-defined]
-        self.publisher.state(bank)
-        self.publisher.discovery(bank, prune=not missing)
-        status = Status.OFFLINE if missing else Status.ONLINE
-        if status != bank.status:
-            bank.status = status
-            self.publisher.availability(bank)
-            if missing:
-                _LOGGER.warning("Battery bank %s is unavailable: %s did not answer", bank.key, ", ".join(missing))
+        """After each module poll (every unit read in one session): the banks with members on it."""
+        self.banks.module_polled(module)
 
     def _live(self, unit: Unit) -> bool:
-        """Still configured: a unit of the scheduler, or a bank of one of its modules."""
-        return self.scheduler.units.get(unit.key) is unit or self._banks.get(unit.mac) is unit
+        """Still configured: a unit of the scheduler, or a battery bank."""
+        return self.scheduler.units.get(unit.key) is unit or self.banks.live(unit)
 
     def on_cycle(self, seconds: float) -> None:
         _LOGGER.debug("Poll cycle finished in %.2f s", seconds)
@@ -356,11 +317,11 @@ class Gateway:
         self._clear_stale()
 
     def _clear_stale(self) -> None:
-        self.publisher.clear_stale(set(self.scheduler.units) | {b.key for b in self._banks.values()})
+        self.publisher.clear_stale(set(self.scheduler.units) | self.banks.keys())
 
     def _republish_devices(self) -> None:
         """Every unit's (and bank's) discovery, availability and state again, paced."""
-        task = self.publisher.republish([*self.scheduler.units.values(), *self._banks.values()], self._live)
+        task = self.publisher.republish([*self.scheduler.units.values(), *self.banks.units()], self._live)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
