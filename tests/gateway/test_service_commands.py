@@ -33,6 +33,7 @@ RECORD_KEYS = {
     "modbus_id",
     "origin",
     "enabled",
+    "bank",
     "status",
     "model",
     "last_seen",
@@ -161,11 +162,19 @@ async def test_add_device_with_every_optional_field(
     recorder = mqtt_recorder()
     await gateway_factory()
     response = await add(
-        recorder, "C4:64:E3:00:00:01", "renogy_battery", name="House bank", modbus_id=49, variant="pro", enabled=False
+        recorder,
+        "C4:64:E3:00:00:01",
+        "renogy_battery",
+        name="Port battery",
+        modbus_id=49,
+        variant="pro",
+        enabled=False,
+        bank=" House bank ",
     )
     assert response["status"] == "ok", response
     data = response["data"]
-    assert (data["name"], data["modbus_id"], data["variant"], data["enabled"]) == ("House bank", 49, "pro", False)
+    assert (data["name"], data["modbus_id"], data["variant"], data["enabled"]) == ("Port battery", 49, "pro", False)
+    assert data["bank"] == "House bank"  # stripped
     assert data["status"] == "disabled"
     generic = await add(recorder, "C4:64:E3:00:00:02", "generic_modbus", config=GENERIC_CONFIG)
     assert generic["status"] == "ok", generic
@@ -173,6 +182,8 @@ async def test_add_device_with_every_optional_field(
     saved = {d["mac_address"]: d for d in stored(tmp_path / "data")["devices"]}
     assert saved["C4:64:E3:00:00:02"]["config"] == GENERIC_CONFIG
     assert saved["C4:64:E3:00:00:01"]["enabled"] is False
+    assert saved["C4:64:E3:00:00:01"]["bank"] == "House bank"
+    assert "bank" not in saved["C4:64:E3:00:00:02"]  # written only when set
 
 
 @pytest.mark.parametrize(
@@ -249,7 +260,8 @@ async def test_add_device_with_every_optional_field(
         ),
         (
             {"mac_address": "D8:B6:73:BF:4F:75", "type": "renogy_inverter", "modbusid": 3},
-            "unknown key 'modbusid' (add_device takes: mac_address, type, name, modbus_id, variant, config, enabled)",
+            "unknown key 'modbusid' (add_device takes: mac_address, type, name, modbus_id, variant, config, enabled, "
+            "bank)",
         ),
         (
             {"mac_address": "D8:B6:73:BF:4F:75", "type": "renogy_inverter", "name": "  "},
@@ -525,8 +537,8 @@ async def test_update_device_errors(gateway_factory: GatewayFactory, mqtt_record
     )
     assert_error(
         locked,
-        "device D8:B6:73:BF:4F:75 is listed in the add-on options: only name and enabled can be changed by command "
-        "(change modbus_id in the options)",
+        "device D8:B6:73:BF:4F:75 is listed in the add-on options: only name, enabled and bank can be changed by "
+        "command (change modbus_id in the options)",
         "update_device",
     )
     typed = await recorder.arequest(CMD, {"command": "update_device", "mac_address": "D8:B6:73:BF:4F:75", "type": "x"})

@@ -72,6 +72,38 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["devices.json"]  # no temporary file left
 
 
+def test_bank_is_stored_with_the_record_and_as_an_override(tmp_path: Path) -> None:
+    """``bank`` is an additive field: written only when set, read back, and kept (also cleared,
+    as null) for an options device; a schema-2 file without it loads unchanged."""
+    store = DeviceStore(tmp_path)
+    records = [
+        record("AA:BB:CC:DD:EE:01", type="renogy_battery", bank="House bank"),
+        record("AA:BB:CC:DD:EE:02", type="renogy_battery"),
+    ]
+    overrides = {"AABBCCDDEE03": {"bank": None}, "AABBCCDDEE04": {"bank": "Starter"}}
+    store.save(records, overrides)
+    data = json.loads((tmp_path / "devices.json").read_text())
+    assert data["schema_version"] == 2
+    assert [d.get("bank", "absent") for d in data["devices"]] == ["House bank", "absent"]
+    loaded = store.load()
+    assert loaded.devices == records
+    assert loaded.overrides == overrides
+    options = [
+        DeviceOption("AA:BB:CC:DD:EE:03", "renogy_battery", bank="House bank"),
+        DeviceOption("AA:BB:CC:DD:EE:04", "renogy_battery"),
+    ]
+    merged = merge(options, loaded, hint)
+    assert [r.bank for r in merged.records] == [None, "Starter", "House bank", None]
+
+    battery = {"mac_address": "AA:BB:CC:DD:EE:05", "type": "renogy_battery", "name": "B"}
+    raw: dict[str, Any] = {"schema_version": 2, "devices": [battery]}
+    (tmp_path / "devices.json").write_text(json.dumps(raw))
+    assert [(r.name, r.bank) for r in store.load().devices] == [("B", None)]
+    raw["devices"].append({"mac_address": "AA:BB:CC:DD:EE:06", "type": "renogy_battery", "name": "C", "bank": " "})
+    (tmp_path / "devices.json").write_text(json.dumps(raw))
+    assert [r.name for r in store.load().devices] == ["B"]  # the bad one is rejected (and kept aside)
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
     path = tmp_path / "devices.json"
     atomic_write_json(path, {"old": True})

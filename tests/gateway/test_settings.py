@@ -454,9 +454,42 @@ def test_units_behind_one_module(tmp_path: Path) -> None:
     )
 
 
+def test_a_battery_names_its_bank(tmp_path: Path) -> None:
+    """``bank`` groups batteries across modules (banks.py); stripped, and empty means none."""
+    s = load_file(
+        tmp_path,
+        {
+            "devices": [
+                {"mac_address": "AA:BB:CC:DD:EE:01", "type": "renogy_battery", "bank": " House bank "},
+                {"mac_address": "AA:BB:CC:DD:EE:02", "type": "renogy_battery", "bank": "   "},
+                {"mac_address": "AA:BB:CC:DD:EE:03", "type": "renogy_battery"},
+            ]
+        },
+    )
+    assert [d.bank for d in s.devices] == ["House bank", None, None]
+    assert s.redacted()["devices"][0]["bank"] == "House bank"
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
+        (
+            {"type": "renogy_charge_controller", "bank": "House"},
+            "options: devices[0].bank is only used by type renogy_battery",
+        ),
+        (
+            {"type": "renogy_battery", "bank": "x" * 41},
+            "options: devices[0].bank must be at most 40 characters long",
+        ),
+        (
+            {"type": "renogy_battery", "bank": "!?"},
+            "options: devices[0].bank must contain a letter or a digit (A-Z, 0-9): the bank's topics are named "
+            "after it",
+        ),
+        (
+            {"type": "renogy_battery", "bank": 7},
+            "options: devices[0].bank must be a string",
+        ),
         (
             {"type": "renogy_battery", "variant": "ultra"},
             "options: devices[0]: unknown variant 'ultra' for renogy_battery (known: legacy, pro, rngpro)",

@@ -24,11 +24,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import banks
 from . import devices as registry
 from .devices import BaseDevice
 from .modules import BROADCAST_ID
 from .schema import ConfigError, InputError, clean, errors
-from .store import ORIGIN_OPTIONS, DeviceRecord, default_name, normalise_mac, unit_id_for
+from .store import ORIGIN_OPTIONS, DeviceRecord, clean_bank_name, default_name, normalise_mac, unit_id_for
 from .tasks import stop_tasks
 
 _LOGGER = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ COMMANDS = (
     "health_check",
 )
 SCHEMA = "command"
-OPTIONS_EDITABLE = frozenset({"name", "enabled"})
+# What a device of the add-on options may change by command: presentation only, nothing that
+# decides how it is polled (that stays in the options).
+OPTIONS_EDITABLE = ("name", "enabled", "bank")
 
 
 class CommandError(Exception):
@@ -243,6 +246,18 @@ def check_sibling(
         )
 
 
+def _bank(value: str | None, type_name: str) -> str | None:
+    """The ``bank`` of a request, stripped; None leaves (or keeps out of) a named bank."""
+    if value is None:
+        return None
+    if not banks.is_member(type_name):
+        raise CommandError(f"bank is only used by type {banks.MEMBER_TYPE}")
+    try:
+        return clean_bank_name(value)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def build_device(record: DeviceRecord) -> BaseDevice:
     """A driver instance for ``record``; raises :class:`CommandError` with the driver's message."""
     cls = _driver(record.type)
@@ -328,6 +343,7 @@ class CommandProcessor:
             variant=body.get("variant"),
             config=copy.deepcopy(body["config"]) if "config" in body else None,
             enabled=body.get("enabled", True),
+            bank=_bank(body.get("bank"), cls.type_name),
         )
         device = build_device(record)
         if siblings:
@@ -352,7 +368,7 @@ class CommandProcessor:
     async def _cmd_update_device(self, body: dict[str, Any]) -> dict[str, Any]:
         mac = _mac(body)
         record, selected = self._select(body, legacy_change=True)
-        changes = {k: body[k] for k in ("name", "variant", "config", "enabled") if k in body}
+        changes = {k: body[k] for k in ("name", "variant", "config", "enabled", "bank") if k in body}
         if "new_modbus_id" in body:
             changes["modbus_id"] = body["new_modbus_id"]
         elif "modbus_id" in body and not selected:
@@ -360,14 +376,16 @@ class CommandProcessor:
         if "modbus_id" in changes:
             _check_id(changes["modbus_id"])
         if record.origin == ORIGIN_OPTIONS:
-            locked = sorted(set(changes) - OPTIONS_EDITABLE)
+            locked = sorted(set(changes) - set(OPTIONS_EDITABLE))
             if locked:
                 raise CommandError(
-                    f"device {mac} is listed in the add-on options: only name and enabled can be changed by "
-                    f"command (change {', '.join(locked)} in the options)"
+                    f"device {mac} is listed in the add-on options: only name, enabled and bank can be changed "
+                    f"by command (change {', '.join(locked)} in the options)"
                 )
         if "name" in changes:
             changes["name"] = changes["name"].strip()
+        if "bank" in changes:
+            changes["bank"] = _bank(changes["bank"], record.type)
         if "config" in changes:
             changes["config"] = copy.deepcopy(changes["config"])
         updated = record.with_changes(**changes)

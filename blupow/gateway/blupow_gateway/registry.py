@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from . import commands, probe
 from . import devices as drivers
-from .commands import CommandError
+from .commands import OPTIONS_EDITABLE, CommandError
 from .devices import BaseDevice
 from .modules import Unit
 from .publisher import Publisher
@@ -138,9 +138,7 @@ class DeviceRegistry:
         overrides = self.overrides
         if record.origin == ORIGIN_OPTIONS:
             changes = dict(self.overrides.get(record.topic_id, {}))
-            changes.update(
-                {k: getattr(record, k) for k in ("name", "enabled") if getattr(record, k) != getattr(old, k)}
-            )
+            changes.update({k: getattr(record, k) for k in OPTIONS_EDITABLE if getattr(record, k) != getattr(old, k)})
             overrides = {**self.overrides, record.topic_id: changes}
         if device is None and unit.device is None and record.enabled:
             device, error = self.build(record)
@@ -192,6 +190,7 @@ class DeviceRegistry:
             "modbus_id": device.modbus_id if device is not None else record.modbus_id,
             "origin": record.origin,
             "enabled": record.enabled,
+            "bank": record.bank,
             "status": str(unit.status),
             "model": model,
             "last_seen": unit.stats.last_seen,

@@ -26,9 +26,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from . import banks
 from . import devices as registry
 from .devices.base import BaseDevice
 from .schema import ConfigError, load_schema, validate
+from .store import clean_bank_name
 
 __all__ = [
     "ENV_PREFIX",
@@ -85,6 +87,7 @@ class DeviceOption:
     variant: str | None = None
     # Parsed generic_modbus config; read-only view (a dict cannot be hashed, hence hash=False).
     config: Mapping[str, Any] | None = field(default=None, hash=False)
+    bank: str | None = None  # a renogy_battery's bank across modules (banks.py)
 
     def create(self) -> BaseDevice:
         """A fresh driver instance for this device."""
@@ -99,6 +102,7 @@ class DeviceOption:
             "modbus_id": self.modbus_id,
             "variant": self.variant,
             "config": copy.deepcopy(dict(self.config)) if self.config is not None else None,
+            "bank": self.bank,
         }
 
 
@@ -311,6 +315,7 @@ def _device(index: int, raw: Mapping[str, Any], prefix: str) -> DeviceOption:
     variant = _optional_text(raw.get("variant"))
     if variant is not None and not cls.variants:
         raise ConfigError(f"{where}.variant: {type_name} has no variants")
+    bank = _device_bank(raw.get("bank"), type_name, where)
     modbus_id = raw.get("modbus_id")
     try:
         # Building the driver once checks the variant and the whole generic_modbus config now,
@@ -325,7 +330,21 @@ def _device(index: int, raw: Mapping[str, Any], prefix: str) -> DeviceOption:
         modbus_id=modbus_id,
         variant=variant,
         config=MappingProxyType(config) if config is not None else None,
+        bank=bank,
     )
+
+
+def _device_bank(raw: str | None, type_name: str, where: str) -> str | None:
+    """The bank name; an empty text is no bank, as the add-on UI may save an emptied field."""
+    bank = _optional_text(raw)
+    if bank is None:
+        return None
+    if not banks.is_member(type_name):
+        raise ConfigError(f"{where}.bank is only used by type {banks.MEMBER_TYPE}")
+    try:
+        return clean_bank_name(bank)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def _devices(raw_list: list[Mapping[str, Any]], prefix: str) -> tuple[DeviceOption, ...]:

@@ -3,7 +3,7 @@
 Two kinds of devices exist: those listed in the add-on options (``origin:
 options``, rebuilt from the options at every start) and those added over MQTT
 (``origin: command``, kept only here). The file holds the command devices in
-full plus the ``name``/``enabled`` changes made by command to options devices.
+full plus the ``name``/``enabled``/``bank`` changes made by command to options devices.
 
 Writes are atomic and durable: the JSON goes to a temporary file in the same
 directory, which is fsynced, renamed over the old file, and then the directory
@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,8 @@ def mac_id(mac: str) -> str:
 
 _UNIT_ID = re.compile(r"^[0-9A-F]{12}(_[0-9]{1,3})?$")
 _LEDGER_KEY = re.compile(r"^[0-9A-F]{12}(_[0-9]{1,3}|_BANK)?$")  # units, and battery banks (banks.py)
+_NAMED_BANK_KEY = re.compile(r"^bank_[a-z0-9]+(_[a-z0-9]+)*$")  # a bank the user named: named_bank_key()
+BANK_NAME_MAX = 40
 
 
 def unit_id_for(mac: str, modbus_id: int | None) -> str:
@@ -67,9 +70,36 @@ def unit_id_for(mac: str, modbus_id: int | None) -> str:
     return mac_id(mac) if modbus_id is None else f"{mac_id(mac)}_{modbus_id}"
 
 
+def clean_bank_name(name: str) -> str:
+    """A bank name as given (``bank`` of a battery's record), stripped; ValueError names the rule."""
+    clean = name.strip()
+    if not clean:
+        raise ValueError("bank must not be empty (leave it out, or null, for no named bank)")
+    if len(clean) > BANK_NAME_MAX:
+        raise ValueError(f"bank must be at most {BANK_NAME_MAX} characters long")
+    if not bank_slug(clean):
+        raise ValueError("bank must contain a letter or a digit (A-Z, 0-9): the bank's topics are named after it")
+    return clean
+
+
+def bank_slug(name: str) -> str:
+    """``House bank`` -> ``house_bank``: lower case, accents dropped, every other run of
+    characters that is not a letter or digit one ``_``, none at either end."""
+    ascii_text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_text).strip("_")
+
+
+def named_bank_key(name: str) -> str:
+    """The key of the bank named ``name``: names with the same slug are the same bank."""
+    return f"bank_{bank_slug(name)}"
+
+
 def normalise_key(key: str) -> str | None:
     """A unit key as stored (``C464E3383D0E`` or ``C464E3383D0E_49``), or a MAC (the key of its
-    module's only unit, as files before schema 2 used it); None if it is neither."""
+    module's only unit, as files before schema 2 used it), or a battery bank's key (the ledger
+    keeps banks too); None if it is none of them."""
+    if _NAMED_BANK_KEY.match(key.strip()):
+        return key.strip()
     upper = key.strip().upper()
     if _LEDGER_KEY.match(upper):
         return key.strip() if upper.endswith("_BANK") else upper
@@ -86,7 +116,8 @@ class DeviceRecord:
     """One configured device, as the registry keeps it.
 
     ``modbus_id``/``variant`` are what the user chose (None: the driver's
-    default), so a later change of variant also moves the default id.
+    default), so a later change of variant also moves the default id. ``bank``
+    names the battery bank a ``renogy_battery`` belongs to across modules (banks.py).
     """
 
     mac_address: str
@@ -100,13 +131,14 @@ class DeviceRecord:
     added: str = field(default_factory=utc_now)
     # The unit's key (modules.Unit.key); None: the bare MAC id, as every record before units.
     unit_id: str | None = None
+    bank: str | None = None
 
     @property
     def topic_id(self) -> str:
         return self.unit_id or mac_id(self.mac_address)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "mac_address": self.mac_address,
             "unit_id": self.topic_id,
             "type": self.type,
@@ -118,6 +150,9 @@ class DeviceRecord:
             "origin": self.origin,
             "added": self.added,
         }
+        if self.bank is not None:  # only when set: the file of a gateway without banks stays as it was
+            data["bank"] = self.bank
+        return data
 
     def with_changes(self, **changes: Any) -> DeviceRecord:
         return replace(self, **changes)
@@ -164,6 +199,14 @@ def record_from_json(data: Any) -> DeviceRecord:
         raise RecordError(f"{normal}: invalid unit_id {unit_id!r}")
     if unit_id is not None and not unit_id.startswith(mac_id(normal)):
         raise RecordError(f"{normal}: unit_id {unit_id!r} belongs to another MAC")
+    bank = data.get("bank")
+    if bank is not None:
+        if not isinstance(bank, str):
+            raise RecordError(f"{normal}: invalid bank {bank!r}")
+        try:
+            bank = clean_bank_name(bank)
+        except ValueError as exc:
+            raise RecordError(f"{normal}: invalid bank {bank!r} ({exc})") from None
     return DeviceRecord(
         unit_id=None if unit_id == mac_id(normal) else unit_id,
         mac_address=normal,
@@ -175,6 +218,7 @@ def record_from_json(data: Any) -> DeviceRecord:
         enabled=enabled,
         origin=ORIGIN_COMMAND,
         added=added if isinstance(added, str) else utc_now(),
+        bank=bank,
     )
 
 
@@ -407,6 +451,12 @@ def _clean_overrides(changes: Any) -> dict[str, Any] | None:
     enabled = changes.get("enabled")
     if isinstance(enabled, bool):
         clean["enabled"] = enabled
+    bank = changes.get("bank")
+    if bank is None and "bank" in changes:
+        clean["bank"] = None  # a bank of the options left by command
+    elif isinstance(bank, str):
+        with contextlib.suppress(ValueError):
+            clean["bank"] = clean_bank_name(bank)
     return clean
 
 
@@ -453,6 +503,7 @@ def merge(options: Sequence[Any], stored: StoredState, hint_for: Any) -> Merged:
             enabled=True,
             origin=ORIGIN_OPTIONS,
             unit_id=unit_id,
+            bank=option.bank,
         )
         option_keys.add(record.topic_id)
         changes = stored_overrides.get(record.topic_id)
