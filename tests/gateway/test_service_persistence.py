@@ -20,6 +20,8 @@ from blupow_gateway.store import (
     StoredState,
     atomic_write_json,
     merge,
+    named_bank_key,
+    normalise_key,
     normalise_mac,
 )
 from tests.plugins.gateway import GatewayFactory, SimWorld, wait_until
@@ -70,6 +72,21 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     # overrides are keyed by unit; a MAC key (schema 1) is read as the key of the MAC's only unit
     assert loaded.overrides == {"AABBCCDDEE03": {"name": "Renamed"}}
     assert [p.name for p in tmp_path.iterdir()] == ["devices.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("House bank", "bank_house_bank"),
+        ("house-BANK", "bank_house_bank"),  # the same bank: case and punctuation do not split it
+        ("  Port (2)  ", "bank_port_2"),
+        ("Bateau à voile", "bank_bateau_a_voile"),
+        ("House", "bank_house"),
+    ],
+)
+def test_named_bank_keys(name: str, key: str) -> None:
+    assert named_bank_key(name) == key
+    assert normalise_key(key) == key  # published.json keeps the bank's topics under this key
 
 
 def test_bank_is_stored_with_the_record_and_as_an_override(tmp_path: Path) -> None:

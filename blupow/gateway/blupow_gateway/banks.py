@@ -1,9 +1,18 @@
-"""Battery banks: the batteries behind one module, shown as one more device.
+"""Battery banks: several batteries shown as one more device.
 
-A daisy-chained bank on a BT-2 (or the batteries behind a Communication Hub) is
-several units of one module. Besides each battery, the gateway publishes a
-"Battery bank" device whose values are computed from the members' readings of
-the same module poll (one session reads them all):
+Two kinds of bank, each with two members or more:
+
+* a **module bank**: the batteries behind one module (a daisy-chained bank on a
+  BT-2, the batteries behind a Communication Hub), key ``<MAC id>_bank``;
+* a **named bank**: the batteries whose records carry the same ``bank`` name,
+  whatever module each is on (a boat with two batteries, each with its own
+  BT-2), key ``bank_<slug>`` (``House bank`` -> ``bank_house_bank``), named as the
+  user wrote it. Names with the same slug are the same bank, so case, spaces and
+  punctuation do not split one. A battery in a named bank is not a member of its
+  module's bank.
+
+Besides each battery, the gateway publishes the bank's device, computed from
+the members' latest readings (those of one module come from one session):
 
 * totals: current, power, remaining and full capacity, stored energy;
 * capacity-weighted SOC (Σ remaining / Σ full, not a mean of SOCs, so a small
@@ -11,8 +20,9 @@ the same module poll (one session reads them all):
   members, the lowest and highest cell voltage and the highest temperature
   anywhere in the bank.
 
-A bank value is computed only from a fresh reading of **every** member. When a
-member did not answer in that poll, the bank's values are unavailable and its
+A bank value is computed only from a fresh reading of **every** member: one
+made in the latest poll of the member's module. When a member did not answer
+there, or its module cannot be reached, the bank's values are unavailable and its
 two status entities (which stay available) say which member is missing: never a
 total that silently lacks a battery. A member without a field (a pack without
 temperature sensors) makes that one aggregate unavailable, not partial.
@@ -32,7 +42,7 @@ from typing import Any, Protocol
 
 from .devices.base import BaseDevice, Category, Field, is_finite
 from .modules import Module, Status, Unit
-from .store import DeviceRecord, default_name, mac_id
+from .store import DeviceRecord, default_name, mac_id, named_bank_key
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -93,7 +103,7 @@ class BatteryBank(BaseDevice):
     """Not a driver (it is not in ``devices/``, so it cannot be added): the bank's entity table."""
 
     type_name = "battery_bank"
-    description = "Battery bank: the batteries behind one Bluetooth module as one device"
+    description = "Battery bank: the batteries behind one Bluetooth module, or those given one bank name, as one device"
     model_hint = "Battery bank"
     fields = (
         Field(
@@ -242,9 +252,16 @@ class Bank:
 
 
 def group_of(unit: Unit) -> tuple[str, str] | None:
-    """The key and display name of the bank ``unit`` belongs to, or None for a unit of no bank."""
-    if not is_member(unit.record.type) or not unit.pollable or unit.retired:
+    """The key and display name of the bank ``unit`` belongs to, or None for a unit of no bank.
+
+    A battery with a ``bank`` name belongs to that named bank only, wherever its module
+    is; one without belongs to its module's bank.
+    """
+    record = unit.record
+    if not is_member(record.type) or not unit.pollable or unit.retired:
         return None
+    if record.bank is not None:
+        return named_bank_key(record.bank), record.bank
     mac = unit.module.mac
     return bank_key(mac_id(mac)), default_name(BatteryBank.model_hint, mac)
 
@@ -294,30 +311,37 @@ class BankKeeper:
     # --- what the gateway reports ---
 
     def module_polled(self, module: Module) -> None:
-        """After a poll of ``module``: the banks with a member on it, from this poll's readings."""
+        """After a poll of ``module``: every bank with a member on it, from this poll's readings
+        and, for members on other modules, from their modules' latest ones."""
         self._finished[module] = module.polls
         published = self.regroup()
         for bank in self._banks.values():
             if bank not in published and any(m.module is module for m in bank.members):
                 self._publish(bank)
 
+    def unit_offline(self, unit: Unit) -> None:
+        """A member went offline: its banks go unavailable now, also when its module cannot be
+        reached at all (then no poll of it finishes to tell)."""
+        for bank in self._banks.values():
+            if unit in bank.members:
+                self._publish(bank)
+
     def regroup(self) -> list[Bank]:
-        """Form, change and drop banks after units changed; returns the banks published anew."""
-        groups: dict[str, tuple[str, list[Unit]]] = {}
-        for unit in self._units():
-            group = group_of(unit)
-            if group is not None:
-                groups.setdefault(group[0], (group[1], []))[1].append(unit)
-        groups = {key: group for key, group in groups.items() if len(group[1]) >= 2}
+        """Form, change and drop banks after units changed (added, removed, enabled, disabled,
+        given another bank name); returns the banks published anew."""
+        groups = self._groups()
         for key in [k for k in self._banks if k not in groups]:
             self._drop(key)
-        modules = {m.module for _name, members in groups.values() for m in members}
+        modules = {m.module for _names, members in groups.values() for m in members}
         self._finished = {m: n for m, n in self._finished.items() if m in modules}  # no leak of removed ones
         published = []
-        for key, (name, members) in groups.items():
+        for key, (names, members) in groups.items():
             bank = self._banks.get(key)
+            # the name as first given: kept while a member still spells it so
+            name = bank.unit.record.name if bank is not None and bank.unit.record.name in names else names[0]
             if bank is None:
                 bank = self._banks[key] = Bank(self._new_unit(key, name, members[0]), members)
+                _LOGGER.info("Battery bank %s (%s) formed by %d batteries", key, name, len(members))
             elif bank.members == members and bank.unit.record.name == name:
                 continue
             else:
@@ -329,8 +353,22 @@ class BankKeeper:
 
     # --- internals ---
 
+    def _groups(self) -> dict[str, tuple[list[str], list[Unit]]]:
+        """Bank key -> (the display names its members give, the members), for two members or more."""
+        groups: dict[str, tuple[list[str], list[Unit]]] = {}
+        for unit in self._units():
+            group = group_of(unit)
+            if group is not None:
+                names, members = groups.setdefault(group[0], ([], []))
+                names.append(group[1])
+                members.append(unit)
+        return {key: group for key, group in groups.items() if len(group[1]) >= 2}
+
     @staticmethod
     def _new_unit(key: str, name: str, first: Unit) -> Unit:
+        # A Unit so that the publisher treats a bank like any device. Its MAC and module are
+        # those of its first member: a named bank spans modules, and only its key (unit_id)
+        # reaches topics and unique ids; the record's MAC is never used for a bank.
         record = DeviceRecord(mac_address=first.mac, type=BatteryBank.type_name, name=name, unit_id=key)
         return Unit(record=record, device=BatteryBank(), module=first.module)
 

@@ -158,6 +158,9 @@ class Gateway:
         if merged.changed:
             async with registry.lock:
                 await registry.save(registry.records())
+        # Banks exist from the start (published once their members were polled), so that the
+        # ledger cleanup on connecting does not take them for removed devices.
+        self.banks.regroup()
         t = self.topics
         self.mqtt.subscribe(t.command, self._on_command, qos=1)
         self.mqtt.subscribe(t.control_wildcard, self._on_control, qos=1)
@@ -220,6 +223,7 @@ class Gateway:
         self.mqtt.publish(self.topics.event, payload, qos=1, retain=False, queue_offline=True)
 
     def devices_changed(self) -> None:
+        self.banks.regroup()  # a unit added, enabled, disabled or given another bank name
         self._publish_devices()
 
     def unit_removed(self, unit: Unit) -> None:
@@ -282,6 +286,7 @@ class Gateway:
                 unit.stats.last_error,
             )
             self.event("device_unavailable", unit, {"error": unit.stats.last_error})
+            self.banks.unit_offline(unit)
         elif new == Status.DISABLED:
             self.publisher.availability(unit)
             if old != Status.PENDING:

@@ -150,7 +150,9 @@ def _table(cls: type[BaseDevice]) -> list[str]:
 
 
 BANK_INTRO = """Not a device type of its own (it cannot be added): two or more `renogy_battery` units on one
-module also appear as this device, key `<MAC id>_bank`. Every value is computed from the same
+module also appear as this device, key `<MAC id>_bank`; so do two or more batteries given the same
+`bank` name, on any modules, key `bank_<slug>` (`House bank` → `bank_house_bank`), named as given.
+A battery with a `bank` name counts only in that bank. Every value is computed from the latest
 poll's reading of **every** member; with a member missing the values are left out and the device
 is unavailable, while `members_reporting` and `missing_members` stay available and name it
 (docs/mqtt-api.md, "Battery banks").
