@@ -10,7 +10,7 @@ overwrite each other's saves. Only quick work happens under it, never a wait
 for a poll.
 
 What the gateway announces around a change (events, the device list, the
-battery bank of a module) goes through the :class:`Announcer` it is given.
+battery banks) goes through the :class:`Announcer` it is given.
 """
 
 from __future__ import annotations
