@@ -8,6 +8,8 @@ deprecated from 2024.11) and progress is shown without the deprecated `step_id`.
 from __future__ import annotations
 
 import asyncio
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,15 +33,18 @@ from homeassistant.helpers.selector import (
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 
 from .const import (
+    CONF_BANK,
     CONF_CONFIG,
     CONF_GATEWAY_ID,
     CONF_MAC_ADDRESS,
     CONF_MODBUS_ID,
     CONF_NAME,
     CONF_TYPE,
+    CONF_UNITS,
     CONF_VARIANT,
     DOMAIN,
     SCAN_SECONDS,
+    TYPE_WORDS,
 )
 from .gateway import (
     Gateway,
@@ -118,13 +123,26 @@ class BluPowConfigFlow(ConfigFlow, domain=DOMAIN):
 
 @dataclass
 class _Request:
-    """The command in flight and what the flow needs to report its outcome."""
+    """The command in flight and what the flow needs to report its outcome.
+
+    ``add_units`` and ``remove_units`` are the flow's own: one ``add_device`` / ``remove_device``
+    per entry of ``batch`` (a label for the report, the payload), one after another.
+    """
 
     command: str
     payload: dict[str, Any]
     data: dict[str, Any] | None = None
     error_key: str | None = None  # form error / abort reason when it failed
     placeholders: dict[str, str] = field(default_factory=dict)
+    batch: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)  # labels of the batch's units the gateway took
+    failed: list[str] = field(default_factory=list)  # "label: the gateway's error" for the others
+
+
+BATCH_COMMANDS = {"add_units": "add_device", "remove_units": "remove_device", "bank_units": "update_device"}
+BANK_TYPE = "renogy_battery"  # the only type a battery bank groups
+BANK_NAME_MAX = 40  # the gateway's limit (docs/mqtt-api.md)
+MODULE_PREFIX = "module:"  # remove form value for every unit of a Bluetooth module
 
 
 class BluPowOptionsFlow(OptionsFlow):
@@ -137,6 +155,7 @@ class BluPowOptionsFlow(OptionsFlow):
         self._request: _Request | None = None
         self._add_input: dict[str, Any] = {}  # last add form input (or scan pick), to prefill the form
         self._found: list[dict[str, Any]] = []
+        self._probe: dict[str, Any] = {}  # the probe_module answer of the module picked after a scan
 
     # -- navigation ----------------------------------------------------------------------------
 
@@ -171,7 +190,7 @@ class BluPowOptionsFlow(OptionsFlow):
     async def async_step_menu(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         return self.async_show_menu(
             step_id="menu",
-            menu_options=["add_device", "scan", "remove_device"],
+            menu_options=["add_device", "scan", "remove_device", "bank"],
             description_placeholders={CONF_GATEWAY_ID: self._gateway_id},
         )
 
@@ -229,7 +248,7 @@ class BluPowOptionsFlow(OptionsFlow):
             description_placeholders=self._placeholders(placeholders),
         )
 
-    # -- scan ----------------------------------------------------------------------------------
+    # -- scan, then probe the module picked ----------------------------------------------------
 
     async def async_step_scan(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         if self._task is not None:
@@ -239,18 +258,14 @@ class BluPowOptionsFlow(OptionsFlow):
         return self._start("scan", {"seconds": SCAN_SECONDS})
 
     async def async_step_scan_result(self, user_input: dict[str, Any] | None = None) -> FlowResult:
-        """Pick one of the devices found; the add form opens prefilled with its most likely type."""
-        if (gateway := self._current_gateway()) is None:
+        """A module was picked: ask the gateway which devices sit behind it (probe_module)."""
+        if self._task is not None:
+            return self._progress()
+        if self._current_gateway() is None:
             return self._abort_offline()
         assert user_input is not None  # the form is shown by the scan's finish step
-        found = next((item for item in self._found if item["mac_address"] == user_input[CONF_MAC_ADDRESS]), {})
-        known = {item["type"] for item in gateway.supported_types}
-        # A BT-TH module does not tell what it is attached to: the gateway lists the most likely first.
-        likely = next((t for t in found.get("types") or [] if t in known), None)
         self._add_input = {CONF_MAC_ADDRESS: user_input[CONF_MAC_ADDRESS]}
-        if likely is not None:
-            self._add_input[CONF_TYPE] = likely
-        return self._show_add_form(gateway)
+        return self._start("probe_module", {CONF_MAC_ADDRESS: user_input[CONF_MAC_ADDRESS]})
 
     def _show_scan_form(self) -> FlowResult:
         options = [SelectOptionDict(value=item["mac_address"], label=_found_label(item)) for item in self._found]
@@ -262,6 +277,69 @@ class BluPowOptionsFlow(OptionsFlow):
             description_placeholders=self._placeholders(),
         )
 
+    async def async_step_probe_result(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """The ticked units are added one after another, reported together."""
+        if self._task is not None:
+            return self._progress()
+        if self._current_gateway() is None:
+            return self._abort_offline()
+        assert user_input is not None  # the form is shown by the probe's finish step
+        chosen = {str(value) for value in user_input.get(CONF_UNITS) or []}
+        batch = [
+            (_unit_label(unit), payload)
+            for unit, payload in _unit_payloads(self._probe, self._new_units())
+            if str(unit["modbus_id"]) in chosen
+        ]
+        if not batch:
+            return self._show_probe_form({"base": "nothing_selected"})
+        return self._start("add_units", {CONF_MAC_ADDRESS: self._probe[CONF_MAC_ADDRESS]}, batch)
+
+    def _new_units(self) -> list[dict[str, Any]]:
+        """The probed units not added yet, of types this gateway supports."""
+        gateway = self._current_gateway()
+        known = {item["type"] for item in gateway.supported_types} if gateway else set()
+        units = self._probe.get(CONF_UNITS)
+        return [
+            unit
+            for unit in (units if isinstance(units, list) else [])
+            if isinstance(unit, dict)
+            and isinstance(unit.get("modbus_id"), int)
+            and unit.get("type") in known
+            and not unit.get("configured")
+        ]
+
+    def _show_probe_form(
+        self, errors: dict[str, str] | None = None, placeholders: dict[str, str] | None = None
+    ) -> FlowResult:
+        new = self._new_units()
+        options = [SelectOptionDict(value=str(unit["modbus_id"]), label=_unit_label(unit)) for unit in new]
+        schema = vol.Schema(
+            {
+                vol.Optional(CONF_UNITS, default=[option["value"] for option in options]): SelectSelector(
+                    SelectSelectorConfig(options=options, multiple=True, mode=SelectSelectorMode.LIST)
+                )
+            }
+        )
+        return self.async_show_form(
+            step_id="probe_result",
+            data_schema=schema,
+            errors=errors or {},
+            description_placeholders=self._placeholders({**self._probe_placeholders(), **(placeholders or {})}),
+        )
+
+    def _probe_placeholders(self) -> dict[str, str]:
+        units = self._probe.get(CONF_UNITS)
+        added = [
+            _unit_label(unit)
+            for unit in (units if isinstance(units, list) else [])
+            if isinstance(unit, dict) and unit.get("configured")
+        ]
+        return {
+            CONF_MAC_ADDRESS: str(self._probe.get(CONF_MAC_ADDRESS, "")),
+            "summary": str(self._probe.get("summary") or ""),
+            "added": ", ".join(added) or "none",
+        }
+
     # -- remove --------------------------------------------------------------------------------
 
     async def async_step_remove_device(self, user_input: dict[str, Any] | None = None) -> FlowResult:
@@ -269,21 +347,36 @@ class BluPowOptionsFlow(OptionsFlow):
             return self._progress()
         if (gateway := self._current_gateway()) is None:
             return self._abort_offline()
-        if user_input is not None:
-            return self._start("remove_device", _removal(gateway.devices, user_input[CONF_MAC_ADDRESS]))
-        return self._show_remove_form(gateway)
+        if user_input is None:
+            return self._show_remove_form(gateway)
+        value = user_input[CONF_MAC_ADDRESS]
+        if value.startswith(MODULE_PREFIX):
+            mac = value.removeprefix(MODULE_PREFIX)
+            batch = [
+                (_device_label(device), _removal(gateway.devices, _unit_value(gateway.devices, device)))
+                for device in _removable(gateway.devices)
+                if device["mac_address"] == mac
+            ]
+            return self._start("remove_units", {CONF_MAC_ADDRESS: mac}, batch)
+        return self._start("remove_device", _removal(gateway.devices, value))
 
     def _show_remove_form(
         self, gateway: Gateway, errors: dict[str, str] | None = None, placeholders: dict[str, str] | None = None
     ) -> FlowResult:
-        # Devices from the add-on options can only be removed there (the gateway refuses).
-        removable = [device for device in gateway.devices if device.get("origin") != "options"]
+        removable = _removable(gateway.devices)
         if not removable:
             return self.async_abort(reason="no_removable_devices", description_placeholders=self._placeholders())
-        options = [
-            SelectOptionDict(value=_unit_value(gateway.devices, device), label=_device_label(device))
-            for device in removable
-        ]
+        options: list[SelectOptionDict] = []
+        for mac in dict.fromkeys(device["mac_address"] for device in removable):  # modules, in list order
+            units = [device for device in removable if device["mac_address"] == mac]
+            if len(units) > 1:  # a bank or a hub: all of it at once, or one unit
+                names = ", ".join(str(device.get("name") or device.get("modbus_id")) for device in units)
+                label = f"All {len(units)} devices on {mac} ({names})"
+                options.append(SelectOptionDict(value=f"{MODULE_PREFIX}{mac}", label=label))
+            options += [
+                SelectOptionDict(value=_unit_value(gateway.devices, device), label=_device_label(device))
+                for device in units
+            ]
         schema = vol.Schema({vol.Required(CONF_MAC_ADDRESS): SelectSelector(SelectSelectorConfig(options=options))})
         return self.async_show_form(
             step_id="remove_device",
@@ -292,11 +385,76 @@ class BluPowOptionsFlow(OptionsFlow):
             description_placeholders=self._placeholders(placeholders),
         )
 
+    # -- battery bank across modules -----------------------------------------------------------
+
+    async def async_step_bank(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Name a bank and tick its batteries (any modules); untick one to take it out."""
+        if self._task is not None:
+            return self._progress()
+        if (gateway := self._current_gateway()) is None:
+            return self._abort_offline()
+        batteries = [device for device in gateway.devices if device.get(CONF_TYPE) == BANK_TYPE]
+        if len(batteries) < 2:
+            return self.async_abort(reason="not_enough_batteries", description_placeholders=self._placeholders())
+        if user_input is None:
+            return self._show_bank_form(gateway)
+        name = str(user_input.get(CONF_BANK) or "").strip()
+        if not _slug(name) or len(name) > BANK_NAME_MAX:
+            return self._show_bank_form(gateway, {CONF_BANK: "invalid_bank_name"}, user_input)
+        chosen = {str(value) for value in user_input.get(CONF_UNITS) or []}
+        if len(chosen) == 1:
+            return self._show_bank_form(gateway, {"base": "bank_needs_two"}, user_input)
+        batch = []
+        for device in batteries:
+            value = _unit_value(gateway.devices, device)
+            member = _slug(str(device.get(CONF_BANK) or "")) == _slug(name)
+            if value in chosen and (not member or device.get(CONF_BANK) != name):
+                batch.append((_device_label(device), {**_removal(gateway.devices, value), CONF_BANK: name}))
+            elif value not in chosen and member:
+                batch.append((_device_label(device), {**_removal(gateway.devices, value), CONF_BANK: None}))
+        if not batch:
+            return self._show_bank_form(gateway, {"base": "bank_unchanged"}, user_input)
+        return self._start("bank_units", {CONF_BANK: name}, batch)
+
+    def _show_bank_form(
+        self,
+        gateway: Gateway,
+        errors: dict[str, str] | None = None,
+        user_input: dict[str, Any] | None = None,
+        placeholders: dict[str, str] | None = None,
+    ) -> FlowResult:
+        batteries = [device for device in gateway.devices if device.get(CONF_TYPE) == BANK_TYPE]
+        banks = sorted({str(device[CONF_BANK]) for device in batteries if device.get(CONF_BANK)})
+        if user_input is None:  # one bank so far: open it to edit; otherwise start a new one
+            name = banks[0] if len(banks) == 1 else ""
+            members = [_unit_value(gateway.devices, d) for d in batteries if name and d.get(CONF_BANK) == name]
+            user_input = {CONF_BANK: name, CONF_UNITS: members}
+        options = [
+            SelectOptionDict(value=_unit_value(gateway.devices, device), label=_battery_label(device))
+            for device in batteries
+        ]
+        schema = vol.Schema(
+            {
+                vol.Required(CONF_BANK): TextSelector(),
+                vol.Optional(CONF_UNITS): SelectSelector(
+                    SelectSelectorConfig(options=options, multiple=True, mode=SelectSelectorMode.LIST)
+                ),
+            }
+        )
+        return self.async_show_form(
+            step_id="bank",
+            data_schema=self.add_suggested_values_to_schema(schema, user_input),
+            errors=errors or {},
+            description_placeholders=self._placeholders({"banks": ", ".join(banks) or "none", **(placeholders or {})}),
+        )
+
     # -- sending and reporting -----------------------------------------------------------------
 
-    def _start(self, command: str, payload: dict[str, Any]) -> FlowResult:
+    def _start(
+        self, command: str, payload: dict[str, Any], batch: list[tuple[str, dict[str, Any]]] | None = None
+    ) -> FlowResult:
         """Send the command in a task; the flow shows progress until the gateway answers."""
-        self._request = _Request(command, payload)
+        self._request = _Request(command, payload, batch=batch or [])
         self._task = self.hass.async_create_task(self._async_run(self._request), f"blupow {command}")
         return self._progress()
 
@@ -304,17 +462,41 @@ class BluPowOptionsFlow(OptionsFlow):
         """Called again by the flow manager when the task ends (under the step that started it)."""
         assert self._task is not None and self._request is not None
         if not self._task.done():
+            payload = self._request.payload
             return self.async_show_progress(
                 progress_action=self._request.command,
                 progress_task=self._task,
-                description_placeholders=self._placeholders({"seconds": str(self._request.payload.get("seconds", ""))}),
+                description_placeholders=self._placeholders(
+                    {
+                        "seconds": str(payload.get("seconds", "")),
+                        CONF_MAC_ADDRESS: str(payload.get(CONF_MAC_ADDRESS, "")),
+                        "count": str(len(self._request.batch)),
+                    }
+                ),
             )
         return self.async_show_progress_done(next_step_id="finish")
 
     async def _async_run(self, request: _Request) -> None:
-        """Wait for the answer and record the outcome (never raises: the flow reports it)."""
+        """Wait for the answer(s) and record the outcome (never raises: the flow reports it)."""
+        if request.command not in BATCH_COMMANDS:
+            request.data = await self._async_send(request, request.command, request.payload)
+            return
+        for index, (label, payload) in enumerate(request.batch):
+            if await self._async_send(request, BATCH_COMMANDS[request.command], payload) is not None:
+                request.done.append(label)
+            elif request.error_key == "gateway_error":  # this one refused: the others may still go
+                request.failed.append(f"{label}: {request.placeholders['error']}")
+                request.error_key = None
+            else:  # no answer, gateway offline, MQTT gone: the rest would fail the same way
+                request.failed.append(f"{label}: {_reason(request)}")
+                request.failed += [other for other, _ in request.batch[index + 1 :]]
+                break
+        request.data = {"done": request.done} if request.done else None
+
+    async def _async_send(self, request: _Request, command: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer's data, or None with the error recorded in ``request``."""
         try:
-            request.data = await async_send_command(self.hass, self._gateway_id, request.command, request.payload)
+            return await async_send_command(self.hass, self._gateway_id, command, payload)
         except GatewayCommandError as err:
             request.error_key, request.placeholders = "gateway_error", {"error": err.error}
         except GatewayNoResponseError as err:
@@ -323,6 +505,7 @@ class BluPowOptionsFlow(OptionsFlow):
             request.error_key = "gateway_offline"
         except HomeAssistantError as err:  # publishing failed (MQTT went away)
             request.error_key, request.placeholders = "send_failed", {"error": str(err)}
+        return None
 
     async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Report the gateway's answer: success, its error text word for word, or no answer."""
@@ -330,6 +513,10 @@ class BluPowOptionsFlow(OptionsFlow):
         assert request is not None
         if request.command == "scan":
             return self._scan_finished(request)
+        if request.command == "probe_module":
+            return self._probe_finished(request)
+        if request.command in BATCH_COMMANDS:
+            return self._batch_finished(request)
         gateway = self._current_gateway()
         if request.data is not None:
             record = request.data
@@ -354,14 +541,62 @@ class BluPowOptionsFlow(OptionsFlow):
                 reason=request.error_key or "unknown", description_placeholders=self._placeholders(request.placeholders)
             )
         devices = request.data.get("devices")
-        self._found = [
+        found = [
             item
             for item in (devices if isinstance(devices, list) else [])
-            if isinstance(item, dict) and isinstance(item.get("mac_address"), str) and not item.get("configured")
+            if isinstance(item, dict) and isinstance(item.get("mac_address"), str)
         ]
-        if not self._found:
+        if not any(not item.get("configured") for item in found):
             return self.async_abort(reason="no_devices_found", description_placeholders=self._placeholders())
+        # New modules first; added ones stay listed: a bank or hub may carry devices not added yet.
+        self._found = sorted(found, key=lambda item: bool(item.get("configured")))
         return self._show_scan_form()
+
+    def _probe_finished(self, request: _Request) -> FlowResult:
+        """The devices behind the module, to tick; or the add form, when nobody could be asked."""
+        gateway = self._current_gateway()
+        if gateway is None:
+            return self._abort_offline()
+        mac = str(request.payload[CONF_MAC_ADDRESS])
+        if request.data is None:
+            # A module that does not answer the identifying reads can still be added by hand.
+            found = next((item for item in self._found if item["mac_address"] == mac), {})
+            known = {item["type"] for item in gateway.supported_types}
+            # A BT-TH module does not tell what it is attached to: the gateway lists the most likely first.
+            if (likely := next((t for t in found.get("types") or [] if t in known), None)) is not None:
+                self._add_input[CONF_TYPE] = likely
+            error = request.placeholders.get("error") or request.error_key or "unknown"
+            if request.error_key == "no_response":
+                error = f"no answer within {request.placeholders['timeout']} seconds"
+            return self._show_add_form(gateway, {"base": "probe_failed"}, {CONF_MAC_ADDRESS: mac, "error": error})
+        self._probe = {**request.data, CONF_MAC_ADDRESS: mac}
+        if not self._new_units():
+            return self.async_abort(
+                reason="nothing_new", description_placeholders=self._placeholders(self._probe_placeholders())
+            )
+        return self._show_probe_form()
+
+    def _batch_finished(self, request: _Request) -> FlowResult:
+        """All done, partly done (both named), or nothing done: the form again with why."""
+        report = {
+            "names": ", ".join(request.done),
+            "failed": "; ".join(request.failed),
+            CONF_MAC_ADDRESS: str(request.payload.get(CONF_MAC_ADDRESS, "")),
+            CONF_BANK: str(request.payload.get(CONF_BANK, "")),
+        }
+        if request.done:
+            outcome = request.command.removesuffix("_units")  # add, remove, bank
+            reason = f"{outcome}_done" if not request.failed else f"{outcome}_partly_done"
+            return self.async_abort(reason=reason, description_placeholders=self._placeholders(report))
+        if (gateway := self._current_gateway()) is None:
+            return self._abort_offline()
+        errors = {"base": request.error_key or "batch_failed"}
+        placeholders = {**request.placeholders, **report}
+        if request.command == "add_units":
+            return self._show_probe_form(errors, placeholders)
+        if request.command == "bank_units":
+            return self._show_bank_form(gateway, errors, None, placeholders)
+        return self._show_remove_form(gateway, errors, placeholders)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -378,8 +613,16 @@ class BluPowOptionsFlow(OptionsFlow):
         return self.async_abort(reason="gateway_offline", description_placeholders=self._placeholders())
 
     def _placeholders(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """Every placeholder a text of the current step may use, so none is ever left unfilled."""
-        return {CONF_GATEWAY_ID: self._gateway_id, "error": "", "timeout": "", **(extra or {})}
+        """Every placeholder a text of the current step may use (its errors too), so none is ever
+        left unfilled: the frontend shows "Translation Error" for a missing one."""
+        return {**dict.fromkeys(PLACEHOLDERS, ""), CONF_GATEWAY_ID: self._gateway_id, **(extra or {})}
+
+
+# Every {placeholder} of the options texts in strings.json (a test checks the list is complete).
+PLACEHOLDERS = (
+    "gateway_id", "error", "timeout", "seconds", "mac_address", "name", "count", "summary", "added",
+    "names", "failed", "bank", "banks",
+)  # fmt: skip
 
 
 def _add_payload(
@@ -413,13 +656,71 @@ def _add_payload(
 
 
 def _found_label(item: dict[str, Any]) -> str:
-    """`BT-TH-E3383D0E (C4:64:E3:38:3D:0E, -70 dBm): renogy_charge_controller, …`."""
+    """`BT-TH-E3383D0E (C4:64:E3:38:3D:0E, -70 dBm): charge controller, battery`."""
     details = [item["mac_address"]]
     if isinstance(item.get("rssi"), int):
         details.append(f"{item['rssi']} dBm")
     label = f"{item.get('name') or '?'} ({', '.join(details)})"
-    types = [t for t in item.get("types") or [] if isinstance(t, str)]
+    if item.get("configured"):
+        return f"{label}: added already (pick it to look for more devices behind it)"
+    types = [TYPE_WORDS.get(t, t).lower() for t in item.get("types") or [] if isinstance(t, str)]
     return f"{label}: {', '.join(types)}" if types else label
+
+
+def _unit_label(unit: dict[str, Any]) -> str:
+    """`Battery at Modbus id 48: RBT100LFP12S-G1, serial 2209…`."""
+    label = f"{TYPE_WORDS.get(str(unit.get('type')), str(unit.get('type')))} at Modbus id {unit.get('modbus_id')}"
+    details = [str(unit["model"]) for key in ("model",) if unit.get(key)]
+    if unit.get("serial"):
+        details.append(f"serial {unit['serial']}")
+    return f"{label}: {', '.join(details)}" if details else label
+
+
+def _unit_payloads(probe: dict[str, Any], units: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The add_device payload of each probed unit.
+
+    Units that share a module get names that tell them apart from the start (`Battery 3D0E #48`,
+    the gateway's own pattern for a second unit), so the first one is not just `Battery 3D0E`.
+    """
+    mac = str(probe[CONF_MAC_ADDRESS])
+    shared = len(probe.get(CONF_UNITS) or []) > 1
+    payloads = []
+    for unit in units:
+        payload: dict[str, Any] = {CONF_MAC_ADDRESS: mac, CONF_TYPE: unit["type"], CONF_MODBUS_ID: unit["modbus_id"]}
+        if unit.get("variant"):
+            payload[CONF_VARIANT] = unit["variant"]
+        if shared:
+            word = TYPE_WORDS.get(unit["type"], "Device")
+            payload[CONF_NAME] = f"{word} {mac.replace(':', '')[-4:]} #{unit['modbus_id']}"
+        payloads.append((unit, payload))
+    return payloads
+
+
+def _reason(request: _Request) -> str:
+    """Why a command got no answer, in a few words for a batch report."""
+    if request.error_key == "no_response":
+        return f"no answer within {request.placeholders['timeout']} seconds"
+    if request.error_key == "send_failed":
+        return f"not sent ({request.placeholders['error']})"
+    return "the gateway went offline"
+
+
+def _battery_label(device: dict[str, Any]) -> str:
+    """`Battery 3D0E #49 (C4:64:E3:38:3D:0E, Modbus id 49), in bank House`."""
+    where = f"{device['mac_address']}, Modbus id {device.get('modbus_id')}"
+    label = f"{device.get('name') or device['mac_address']} ({where})"
+    return f"{label}, in bank {device[CONF_BANK]}" if device.get(CONF_BANK) else label
+
+
+def _slug(name: str) -> str:
+    """The gateway's bank key part: names with the same slug are the same bank (docs/mqtt-api.md)."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
+
+
+def _removable(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Devices from the add-on options can only be removed there (the gateway refuses)."""
+    return [device for device in devices if device.get("origin") != "options"]
 
 
 def _device_label(device: dict[str, Any]) -> str:

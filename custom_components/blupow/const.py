@@ -13,6 +13,17 @@ BASE_TOPIC: Final = "blupow"
 # Seconds to wait for the gateway's answer to a command. A scan waits for its own duration on top.
 COMMAND_TIMEOUT: Final = 10.0
 SCAN_SECONDS: Final = 5
+# probe_module asks about 18 Modbus ids for at most 1 s each, after connecting (docs/mqtt-api.md).
+PROBE_TIMEOUT: Final = 60.0
+
+# The gateway's types in words, for the labels a person reads (the keys are for machines).
+TYPE_WORDS: Final = {
+    "renogy_battery": "Battery",
+    "renogy_charge_controller": "Charge controller",
+    "renogy_dcc": "DC-DC charger",
+    "renogy_inverter": "Inverter",
+    "generic_modbus": "Modbus device",
+}
 
 CONF_GATEWAY_ID: Final = "gateway_id"
 CONF_MAC_ADDRESS: Final = "mac_address"
@@ -21,6 +32,8 @@ CONF_NAME: Final = "name"
 CONF_MODBUS_ID: Final = "modbus_id"
 CONF_VARIANT: Final = "variant"
 CONF_CONFIG: Final = "config"
+CONF_UNITS: Final = "units"
+CONF_BANK: Final = "bank"
 
 SERVICE_ADD_DEVICE: Final = "add_device"
 SERVICE_REMOVE_DEVICE: Final = "remove_device"

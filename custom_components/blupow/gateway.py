@@ -25,7 +25,7 @@ from homeassistant.components import mqtt
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 
-from .const import BASE_TOPIC, COMMAND_TIMEOUT, DOMAIN, GATEWAY_ONLINE, SCAN_SECONDS
+from .const import BASE_TOPIC, COMMAND_TIMEOUT, DOMAIN, GATEWAY_ONLINE, PROBE_TIMEOUT, SCAN_SECONDS
 from .validation import decode_json
 
 _LOGGER = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ class Gateway:
 
 
 def command_timeout(command: str, payload: dict[str, Any]) -> float:
-    """Seconds to wait for the answer: a scan answers only after scanning."""
+    """Seconds to wait for the answer: a scan answers only after scanning, a probe after its sweep."""
+    if command == "probe_module":
+        return PROBE_TIMEOUT
     if command == "scan":
         seconds = payload.get("seconds", SCAN_SECONDS)
         return COMMAND_TIMEOUT + (seconds if isinstance(seconds, int | float) else SCAN_SECONDS)

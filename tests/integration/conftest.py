@@ -125,13 +125,14 @@ def commands(mqtt_mock: MqttMockHAClient, gateway_id: str = "gateway") -> list[t
 
 async def next_command(mqtt_mock: MqttMockHAClient, gateway_id: str = "gateway", seen: int = 0) -> dict[str, Any]:
     """Wait (yielding to the loop, never block_till_done) for command number `seen` + 1 and return it."""
-    for _ in range(200):
+    for attempt in range(400):
         published = commands(mqtt_mock, gateway_id)
         if len(published) > seen:
             payload, qos, retain = published[seen]
             assert (qos, retain) == (1, False), "commands must be QoS 1 and never retained"
             return payload
-        await asyncio.sleep(0)
+        # Yield first; then give timers (MQTT's own debounce) a moment too, up to about 2 s.
+        await asyncio.sleep(0 if attempt < 200 else 0.01)
     raise AssertionError(f"no command was published to blupow/{gateway_id}/command")
 
 

@@ -85,7 +85,7 @@ async def test_add_device_success(hass: HomeAssistant, entry: MockConfigEntry, m
     announce_gateway(hass)
     result = await _open(hass, entry)
     assert result["type"] == FlowResultType.MENU
-    assert result["menu_options"] == ["add_device", "scan", "remove_device"]
+    assert result["menu_options"] == ["add_device", "scan", "remove_device", "bank"]
     assert result["description_placeholders"]["gateway_id"] == "gateway"
 
     result = await _step(hass, result, {"next_step_id": "add_device"})
@@ -350,57 +350,6 @@ SCAN_FOUND = [
 ]
 
 
-async def test_scan_then_add_prefilled(
-    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
-) -> None:
-    announce_gateway(hass)
-    result = await _menu(hass, entry, "scan")
-    assert result["type"] == FlowResultType.SHOW_PROGRESS
-    assert result["progress_action"] == "scan"
-    assert result["description_placeholders"]["seconds"] == "5"
-
-    request = await next_command(mqtt_mock)
-    assert request["command"] == "scan"
-    assert request["seconds"] == 5
-    respond(hass, request, data={"devices": SCAN_FOUND})
-    result = await _finish(hass, result)
-
-    assert result["type"] == FlowResultType.FORM
-    assert result["step_id"] == "scan_result"
-    assert select_options(result, "mac_address") == ["C4:64:E3:38:3D:10", "11:22:33:44:55:66"]  # new ones only
-    labels = [opt["label"] for opt in result["data_schema"].schema["mac_address"].config["options"]]
-    assert labels[0] == (
-        "BT-TH-E3383D10 (C4:64:E3:38:3D:10, -61 dBm): "
-        "renogy_charge_controller, renogy_dcc, renogy_battery, renogy_inverter"
-    )
-
-    result = await _step(hass, result, {"mac_address": "C4:64:E3:38:3D:10"})
-    assert result["type"] == FlowResultType.FORM
-    assert result["step_id"] == "add_device"
-    assert suggested_values(result) == {"mac_address": "C4:64:E3:38:3D:10", "type": "renogy_charge_controller"}
-
-    result = await _step(hass, result, {"mac_address": "C4:64:E3:38:3D:10", "type": "renogy_charge_controller"})
-    request = await next_command(mqtt_mock, seen=1)
-    assert request["command"] == "add_device"
-    respond(hass, request, data={"mac_address": "C4:64:E3:38:3D:10", "name": "Rover 3D10"})
-    result = await _finish(hass, result)
-    assert result["reason"] == "device_added"
-
-
-async def test_scan_pick_with_no_supported_type(
-    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
-) -> None:
-    announce_gateway(hass)
-    result = await _menu(hass, entry, "scan")
-    respond(hass, await next_command(mqtt_mock), data={"devices": SCAN_FOUND})
-    result = await _finish(hass, result)
-
-    result = await _step(hass, result, {"mac_address": "11:22:33:44:55:66"})
-
-    # renogy_dcc is not one of this gateway's types: the type is left for the user to pick.
-    assert suggested_values(result) == {"mac_address": "11:22:33:44:55:66"}
-
-
 async def test_scan_finds_nothing_new(hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient) -> None:
     announce_gateway(hass)
     result = await _menu(hass, entry, "scan")
@@ -491,7 +440,12 @@ async def test_remove_one_battery_of_a_bank(
     ]
     announce_gateway(hass, devices=[*bank, DEVICE_FROM_COMMAND])
     result = await _menu(hass, entry, "remove_device")
-    assert select_options(result, "mac_address") == ["C464E3000030", "C464E3000030_49", "D8:B6:73:BF:4F:75"]
+    assert select_options(result, "mac_address") == [
+        "module:C4:64:E3:00:00:30",  # the whole module at once
+        "C464E3000030",
+        "C464E3000030_49",
+        "D8:B6:73:BF:4F:75",
+    ]
 
     result = await _step(hass, result, {"mac_address": "C464E3000030_49"})
     request = await next_command(mqtt_mock)
