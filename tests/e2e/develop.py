@@ -63,7 +63,7 @@ def _banner(stack: Stack, password_file: Path) -> str:
     lines += [f"    {d.mac}  {d.type:<26} {d.name}" for d in stack.sim.devices]
     for module in stack.sim.modules:  # one Bluetooth module, several units, and their battery bank
         units = ", ".join(f"{t} #{i}" for i, t in module.units.items())
-        lines.append(f"    {module.mac}  one BT-2 carrying {units} (and a Battery bank device)")
+        lines.append(f"    {module.mac}  one Communication Hub carrying {units} (and a Battery bank device)")
     lines += [
         f"  Logs:            {_shown(stack.logs_dir)}/ and {_shown(stack.ha_log)}",
         f"  Simulator:       control socket {_shown(stack.sim.socket_path)} (JSON lines, see blupow-sim --help)",
@@ -106,11 +106,11 @@ def run(args: argparse.Namespace) -> int:
             result = stack.add_device(device)
             outcome = "added" if result.get("reason") == "device_added" else f"NOT added: {result}"
             print(f"develop: {device.type} {device.mac} {outcome}", flush=True)
-        for module in stack.sim.modules if stack.sim else []:  # a battery bank on one BT-2
-            for modbus_id, type_name in module.units.items():
-                result = stack.add_unit(module.mac, type_name, modbus_id, f"Bank battery {modbus_id}")
-                outcome = "added" if result.get("reason") == "device_added" else f"NOT added: {result}"
-                print(f"develop: {type_name} {module.mac} #{modbus_id} {outcome}", flush=True)
+        for module in stack.sim.modules if stack.sim else []:  # a hub: scanned, probed, all of it added
+            found, result = stack.probe_and_add(module.mac)
+            summary = found["description_placeholders"]["summary"]
+            outcome = "added" if result.get("reason") == "add_done" else f"NOT added: {result}"
+            print(f"develop: {module.mac} carries {summary}: {outcome}", flush=True)
         kinds = {d.type for d in stack.sim.devices} if stack.sim else set()
         if {"renogy_charge_controller", "renogy_dcc"} <= kinds:  # the demo's Energy dashboard
             stack.api.ws("energy/save_prefs", **stack.energy_prefs(stack.energy_sensors()))

@@ -64,6 +64,7 @@ GATEWAY_START_TIMEOUT = 30.0
 HA_START_TIMEOUT = 180.0  # first start of a fresh config: creates the database, loads the frontend
 MQTT_SETUP_TIMEOUT = 30.0
 DISCOVERY_TIMEOUT = 30.0
+PROBE_FLOW_TIMEOUT = 70.0  # the integration waits up to 60 s for probe_module (const.PROBE_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class StackOptions:
     connect_timeout: int = 5  # the gateway's minimum: a device out of range is declared offline sooner
     frozen: bool = True  # simulated time stands still: every value stays constant (tests)
     kinds: tuple[str, ...] = ALL_KINDS
-    hub_batteries: tuple[int, ...] = (48, 49)  # a battery bank on one BT-2 (none: empty)
+    hub_batteries: tuple[int, ...] = (48, 49)  # a battery bank behind one Communication Hub (none: no hub)
+    hub_controller: int | None = 97  # and a charge controller on the same hub (None: batteries only)
     gateway_log_level: str = "debug"
     ha_log_level: str = "info"
     username: str = "blupow"
@@ -198,14 +200,23 @@ class FakeSupervisor:
 class Simulator:
     """``blupow-sim`` with a control socket; exits by itself when our end of its stdin closes."""
 
-    def __init__(self, state_dir: Path, kinds: tuple[str, ...], frozen: bool, hub: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        kinds: tuple[str, ...],
+        frozen: bool,
+        hub: tuple[int, ...] = (),
+        hub_controller: int | None = None,
+    ) -> None:
         self.config_path = state_dir / "sim.yaml"
         self.socket_path = state_dir / "sim.sock"
         options = {"frozen": True} if frozen else {}
         entries: list[dict[str, Any]] = [{"kind": kind, "options": options} for kind in kinds]
         if hub:
             units = [{"kind": "battery", "modbus_id": modbus_id} for modbus_id in hub]
-            entries.append({"kind": "chain", "units": units, "options": options})
+            if hub_controller is not None:
+                units.append({"kind": "controller", "modbus_id": hub_controller})
+            entries.append({"kind": "hub", "units": units, "options": options})
         # JSON is YAML: no YAML writer needed. 0.1 s between advertisements keeps D-Bus traffic low.
         self.config_path.write_text(json.dumps({"adv_interval": 0.1, "devices": entries}, indent=1))
         self.process = Process(
@@ -379,7 +390,13 @@ class Stack:
     # -- simulator ----------------------------------------------------------------------------
 
     def _start_simulator(self) -> None:
-        self.sim = Simulator(self.state_dir, self.options.kinds, self.options.frozen, self.options.hub_batteries)
+        self.sim = Simulator(
+            self.state_dir,
+            self.options.kinds,
+            self.options.frozen,
+            self.options.hub_batteries,
+            self.options.hub_controller,
+        )
         self.sim.start()
 
     def _stop_simulator(self) -> None:
@@ -605,6 +622,36 @@ class Stack:
             raise HAError(f"the add-device form did not open: {form!r}")
         data = {"mac_address": mac, "type": type_name, "name": name, "modbus_id": modbus_id}
         result = self.api.configure_flow(form["flow_id"], data, options=True)
+        return self.api.finish_progress(result, options=True)
+
+    def probe_and_add(self, mac: str, units: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Configure -> Scan -> pick the module -> the gateway probes it -> tick -> add.
+
+        Returns the form listing what the probe found and the flow's final result. ``units``: the
+        Modbus ids to tick (as the form's values); None keeps what the form ticks by itself.
+        """
+        menu = self.options_flow_menu()
+        result = self.api.configure_flow(menu["flow_id"], {"next_step_id": "scan"}, options=True)
+        result = self.api.finish_progress(result, options=True)
+        if result.get("step_id") != "scan_result":
+            raise HAError(f"the scan found no module to pick: {result!r}")
+        result = self.api.configure_flow(result["flow_id"], {"mac_address": mac}, options=True)
+        found = self.api.finish_progress(result, options=True, timeout=PROBE_FLOW_TIMEOUT)
+        if found.get("step_id") != "probe_result":
+            raise HAError(f"the probe of {mac} listed no device to add: {found!r}")
+        if units is None:
+            field = next(f for f in found["data_schema"] if f["name"] == "units")
+            units = list(field.get("default") or [])
+        result = self.api.configure_flow(found["flow_id"], {"units": units}, options=True)
+        return found, self.api.finish_progress(result, options=True)
+
+    def group_bank(self, name: str, units: list[str]) -> dict[str, Any]:
+        """Configure -> Group batteries into a battery bank -> name, tick -> the gateway's answers."""
+        menu = self.options_flow_menu()
+        form = self.api.configure_flow(menu["flow_id"], {"next_step_id": "bank"}, options=True)
+        if form.get("step_id") != "bank":
+            raise HAError(f"the battery bank form did not open: {form!r}")
+        result = self.api.configure_flow(form["flow_id"], {"bank": name, "units": units}, options=True)
         return self.api.finish_progress(result, options=True)
 
     def remove_device(self, mac: str) -> dict[str, Any]:

@@ -375,21 +375,27 @@ def test_link_loss_makes_entities_unavailable_then_recover(stack: Stack, added: 
     wait_states_match(stack, battery)
 
 
-def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[str, Any]], artifacts: Path) -> None:
-    """Two batteries on one BT-2 (a daisy chain), added through the options flow with their Modbus
-    IDs: each is its own device, the bank adds them up; one battery silenced takes only itself and
-    the bank away (the bank names it); restored, all come back; a gateway restart loses nothing."""
+def test_a_hub_probed_and_added_through_the_options_flow(
+    stack: Stack, added: dict[str, dict[str, Any]], artifacts: Path
+) -> None:
+    """Two batteries and a charge controller behind one Communication Hub: scan, pick the module,
+    the gateway probes it and the flow says what is there in words; all of it is added in one step.
+    Each is its own device, the bank adds the batteries up; one battery silenced takes only itself
+    and the bank away (the bank names it); restored, all come back; a gateway restart loses nothing."""
     assert stack.sim is not None and stack.sim.modules
     chain = stack.sim.modules[0]
-    for modbus_id in chain.units:
-        result = stack.add_unit(chain.mac, "renogy_battery", modbus_id, f"Bank battery {modbus_id}")
-        assert result["type"] == "abort" and result["reason"] == "device_added", result
+    found, result = stack.probe_and_add(chain.mac)
+    assert found["description_placeholders"]["summary"] == "2 batteries (48, 49) and a charge controller (97)"
+    assert result["type"] == "abort" and result["reason"] == "add_done", result
+    last4 = chain.topic_id[-4:]
+    assert result["description_placeholders"]["names"].count("Modbus id") == 3
     key = chain.topic_id
     wanted = {
         f"blupow_{key}_current",
         f"blupow_{key}_49_current",
         f"blupow_{key}_bank_current",
         f"blupow_{key}_bank_missing_members",
+        f"blupow_{key}_97_pv_power",  # the hub's charge controller
     }
 
     def entity_ids() -> dict[str, str] | None:
@@ -413,7 +419,7 @@ def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[st
     try:
         wait_until(lambda: state_of(stack, second) == "unavailable", UNAVAILABLE_TIMEOUT, "battery 49 unavailable")
         wait_until(lambda: state_of(stack, bank) == "unavailable", STATE_TIMEOUT, "the bank unavailable")
-        assert state_of(stack, missing) == "Bank battery 49"  # the status entity stays and names it
+        assert state_of(stack, missing) == f"Battery {last4} #49"  # the status entity stays and names it
         assert state_of(stack, first) not in NOT_A_VALUE  # its sibling carries on
     finally:
         stack.sim.control("set", mac=chain.mac, modbus_id=49, faults=[])
@@ -438,6 +444,51 @@ def test_a_battery_bank_behind_one_module(stack: Stack, added: dict[str, dict[st
         texts = (bank_device["name"], "Members reporting", "Missing members", "Battery SOC")
         text = device_page(stack, bank_device["id"], shot, texts)
         assert shot.stat().st_size > 20_000 and "2 of 2" in text and "Unavailable" not in text
+
+
+def test_batteries_on_two_modules_grouped_into_one_bank(stack: Stack, added: dict[str, dict[str, Any]]) -> None:
+    """The lone battery (its own BT-2) and the hub's battery 49, grouped in the options flow: a
+    "House" bank adds up exactly those two; the hub's own bank, left with one battery, goes. Untick
+    both: the House bank goes and the hub's bank comes back."""
+    assert stack.sim is not None and stack.sim.modules
+    hub, lone = stack.sim.modules[0], stack.sim.device("renogy_battery")
+    key = hub.topic_id
+    hub_bank = f"blupow_{key}_bank_current"
+
+    def registry() -> dict[str, str]:
+        return {e["unique_id"]: e["entity_id"] for e in stack.api.ws("config/entity_registry/list")}
+
+    result = stack.group_bank("House", [f"{key}_49", lone.mac])
+    assert result["type"] == "abort" and result["reason"] == "bank_done", result
+
+    def grouped() -> dict[str, str] | None:
+        found = registry()
+        return found if "blupow_bank_house_current" in found and hub_bank not in found else None
+
+    found = wait_until(grouped, ENTITY_TIMEOUT, "the House bank's entities, and the hub's bank gone")
+    lone_current = found[f"blupow_{lone.mac.replace(':', '')}_current"]
+    members = (lone_current, found[f"blupow_{key}_49_current"])
+
+    def house_adds_up() -> bool:
+        values = [state_of(stack, e) for e in (*members, found["blupow_bank_house_current"])]
+        if any(v in NOT_A_VALUE for v in values):
+            return False
+        return abs(float(values[0]) + float(values[1]) - float(values[2])) < 0.011
+
+    wait_until(house_adds_up, STATE_TIMEOUT, "House bank current = the lone battery's + battery 49's")
+    house = next(
+        d for d in stack.api.ws("config/device_registry/list") if ["mqtt", "blupow_bank_house"] in d["identifiers"]
+    )
+    assert house["name"] == "House"
+
+    result = stack.group_bank("House", [])
+    assert result["type"] == "abort" and result["reason"] == "bank_done", result
+
+    def dissolved() -> bool:
+        found = registry()
+        return hub_bank in found and "blupow_bank_house_current" not in found
+
+    wait_until(dissolved, ENTITY_TIMEOUT, "the House bank gone, the hub's bank back")
 
 
 def test_removing_a_device_through_options_flow_removes_its_entities(
