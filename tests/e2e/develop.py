@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             outcome = "added" if result.get("reason") == "add_done" else f"NOT added: {result}"
             print(f"develop: {module.mac} carries {summary}: {outcome}", flush=True)
         kinds = {d.type for d in stack.sim.devices} if stack.sim else set()
-        if {"renogy_charge_controller", "renogy_dcc"} <= kinds:  # the demo's Energy dashboard
+        if {"renogy_charge_controller", "renogy_battery"} <= kinds:  # the demo's Energy dashboard
             stack.api.ws("energy/save_prefs", **stack.energy_prefs(stack.energy_sensors()))
             print("develop: Energy dashboard: solar and battery sources set", flush=True)
         password_file = state_dir / "login.txt"

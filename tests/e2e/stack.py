@@ -685,15 +685,16 @@ class Stack:
         return None
 
     def energy_sensors(self, timeout: float = DISCOVERY_TIMEOUT) -> dict[str, str]:
-        """Lifetime energy counters for the Energy dashboard: solar generation and the load's
-        consumption (controller) and the DC-DC charger's output into the battery."""
+        """Lifetime energy counters for the Energy dashboard: solar generation (the controller's
+        own counter), energy into and out of the battery (counted by the gateway) and the DC load."""
         assert self.sim is not None
         controller = self.sim.device("renogy_charge_controller")
-        dcc = self.sim.device("renogy_dcc")
+        battery = self.sim.device("renogy_battery")
         wanted = {
             "solar": (controller.mac, f"blupow_{controller.topic_id}_power_generation_total"),
-            "battery_from": (controller.mac, f"blupow_{controller.topic_id}_power_consumption_total"),
-            "battery_to": (dcc.mac, f"blupow_{dcc.topic_id}_power_generation_total"),
+            "battery_from": (battery.mac, f"blupow_{battery.topic_id}_discharge_energy"),
+            "battery_to": (battery.mac, f"blupow_{battery.topic_id}_charge_energy"),
+            "load": (controller.mac, f"blupow_{controller.topic_id}_power_consumption_total"),
         }
 
         def find() -> dict[str, str] | None:
@@ -719,7 +720,7 @@ class Stack:
                     "stat_energy_to": sensors["battery_to"],
                 },
             ],
-            "device_consumption": [],
+            "device_consumption": [{"stat_consumption": sensors["load"]}],
         }
 
     def mqtt_state(self, mac: str) -> dict[str, Any] | None:

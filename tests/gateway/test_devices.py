@@ -476,7 +476,8 @@ def test_every_documented_field_is_decoded_by_a_vendor_frame() -> None:
     for type_name, cls in drivers().items():
         if cls.requires_config:
             continue
-        keys = {f.key for f in cls.fields}
+        # counters the gateway integrates (energy.py) are not in any frame: tested in test_energy.py
+        keys = {f.key for f in cls.fields if f.integrates is None}
         assert keys - decoded[type_name] == set(), type_name
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", DOCS.read_text("utf-8"), re.MULTILINE))
     all_keys = {f.key for cls in drivers().values() if not cls.requires_config for f in cls.fields}
@@ -751,7 +752,7 @@ def test_a_non_finite_decoded_value_is_dropped_like_a_missing_one() -> None:
 
 def test_base_device_is_abstract() -> None:
     assert BaseDevice.abstract
-    with pytest.raises(ValueError, match="needs a register or a compute"):
+    with pytest.raises(ValueError, match="needs a register, a compute function"):
         Field("x", None)
 
 

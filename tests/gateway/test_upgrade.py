@@ -69,7 +69,12 @@ async def test_a_release_installation_keeps_its_ids_topics_and_records(
     await gateway.mqtt.flush()
     retained = await aretained(mosquitto)
 
-    assert published(retained) == release["discovery"]  # same topics, unique_ids, state topics, devices
+    now = published(retained)
+    # every entity of the release exactly as it was (same topics, unique_ids, state topics, devices)
+    assert {topic: now.get(topic) for topic in release["discovery"]} == release["discovery"]
+    # and nothing else but the energy counters added since (integrated by the gateway)
+    added = {topic.split("/")[2].split("_", 2)[2] for topic in set(now) - set(release["discovery"])}
+    assert added == {"charge_energy", "discharge_energy", "load_energy", "solar_energy"}
     states = sorted(t for t in retained if t.endswith("/state") and not t.startswith("blupow/gateway"))
     assert states == release["state_topics"]
     # the records and the options override, as the release kept them

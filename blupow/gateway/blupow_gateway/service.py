@@ -31,6 +31,7 @@ from . import devices as drivers
 from .banks import BankKeeper
 from .commands import CommandLanes, CommandProcessor, Request, Response
 from .discovery import Topics, gateway_configs
+from .energy import EnergyMeters, max_gap_for
 from .modules import Module, Status, Unit
 from .mqtt import Message, MqttClient, Will, new_client_id
 from .publisher import Publisher
@@ -131,6 +132,7 @@ class Gateway:
         )
         self.publisher = Publisher(self.mqtt, self.topics, version, PublishedLedger(data_dir))
         self.banks = BankKeeper(self.publisher, self.scheduler.units.values)
+        self.energy = EnergyMeters(data_dir, lambda: max_gap_for(settings.poll_interval))
         self.registry = DeviceRegistry(
             settings, DeviceStore(data_dir), self.scheduler, self.publisher, self, scanner or _default_scanner
         )
@@ -150,6 +152,8 @@ class Gateway:
         registry = self.registry
         stored = await asyncio.to_thread(registry.store.load)
         await self.publisher.load()
+        await asyncio.to_thread(self.energy.load)
+        self.energy.start()
         merged = merge(self.settings.devices, stored, lambda t: drivers.driver(t).model_hint)
         registry.overrides = merged.overrides
         for record in merged.records:
@@ -194,6 +198,7 @@ class Gateway:
         await self.lanes.stop(2.0)
         await stop_tasks([*self._tasks, self._ha_republish], 2.0)
         await self.scheduler.stop(grace=2.0)
+        await self.energy.stop()
         await self.publisher.flush_ledger()
         await self.mqtt.stop(last=[(self.topics.state, OFFLINE, 1, True)], grace=2.0)
         _LOGGER.info("Gateway stopped")
@@ -227,6 +232,7 @@ class Gateway:
         self._publish_devices()
 
     def unit_removed(self, unit: Unit) -> None:
+        self.energy.forget(unit.key)
         self.banks.regroup()
         self.event("device_removed", unit, {})
         self._publish_devices()
@@ -255,6 +261,10 @@ class Gateway:
     # ================================================================== scheduler listener
 
     def on_values(self, unit: Unit) -> None:
+        if unit.device is not None and (counters := unit.device.energy_fields()):
+            self.energy.record(unit.key, counters, unit.values)
+            # what is on disk only: a published counter never has to go back down (energy.py)
+            unit.values.update(self.energy.published(unit.key, counters))
         self.publisher.state(unit)
         self.publisher.discovery(unit, prune=True)
         self._devices_dirty = True

@@ -49,6 +49,23 @@ def power(key: str, reg: int, description: str, unit: str = "W", device_class: s
     return measurement(key, reg, description, unit=unit, device_class=device_class, **kw)
 
 
+def integrated_energy(key: str, source: str, direction: int, description: str, **kw: Any) -> Field:
+    """An energy counter the gateway keeps from the power field ``source`` (energy.py): for the
+    Energy dashboard, in kWh with Wh resolution, never decreasing."""
+    return Field(
+        key,
+        None,
+        integrates=source,
+        direction=direction,
+        unit="kWh",
+        device_class="energy",
+        state_class="total_increasing",
+        precision=3,
+        description=f"{description} (integrated by the gateway from {source}; unknown across gaps)",
+        **kw,
+    )
+
+
 def temperature(key: str, reg: int, enc: Enc, description: str, scale: float = 1.0, **kw: Any) -> Field:
     return measurement(key, reg, description, unit="°C", device_class="temperature", scale=scale, enc=enc, **kw)
 

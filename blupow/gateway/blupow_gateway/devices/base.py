@@ -97,13 +97,20 @@ class Field:
     max_items: int = 16
     compute: Callable[[Values], Any] | None = None
     variants: tuple[str, ...] = ()  # empty = every variant
+    # An energy counter the gateway keeps by integrating the power field ``integrates`` over time
+    # (energy.py), for devices without a counter of their own; ``direction`` +1 counts the power's
+    # positive part (charging), -1 its negative part (discharging).
+    integrates: str | None = None
+    direction: int = 1
 
     def __post_init__(self) -> None:
         if self.words == 0:
             natural = self.max_items if self.enc in (Enc.ARRAY_U16, Enc.ARRAY_S16) else _WORDS.get(self.enc, 1)
             object.__setattr__(self, "words", natural)
-        if self.register is None and self.compute is None:
-            raise ValueError(f"field {self.key}: needs a register or a compute function")
+        if self.register is None and self.compute is None and self.integrates is None:
+            raise ValueError(f"field {self.key}: needs a register, a compute function or a power to integrate")
+        if self.direction not in (1, -1):
+            raise ValueError(f"field {self.key}: direction must be 1 or -1")
 
     @property
     def registers(self) -> range:
@@ -460,6 +467,10 @@ class BaseDevice:
 
     def field(self, key: str) -> Field | None:
         return next((f for f in self.active_fields() if f.key == key), None)
+
+    def energy_fields(self) -> list[Field]:
+        """The counters the gateway integrates for this device (energy.py), not decoded."""
+        return [f for f in self.active_fields() if f.integrates is not None]
 
     def control(self, key: str) -> Control | None:
         return next((c for c in self.controls if c.key == key), None)

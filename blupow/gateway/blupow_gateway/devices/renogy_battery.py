@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._fields import flag
+from ._fields import flag, integrated_energy
 from .base import BaseDevice, Block, Category, Enc, Field, Variant
 
 DIAG = Category.DIAGNOSTIC
@@ -391,6 +391,9 @@ class RenogyBattery(BaseDevice):
             precision=3,
             description="Energy left in the battery (derived: voltage x remaining capacity)",
         ),
+        # The BMS has no energy counter (docs/devices.md): the gateway integrates the power.
+        integrated_energy("charge_energy", "power", 1, "Energy into the battery", name="Energy charged"),
+        integrated_energy("discharge_energy", "power", -1, "Energy out of the battery", name="Energy discharged"),
         Field(
             "cell_voltage_min",
             None,

@@ -8,7 +8,7 @@ The RIV4835CSH1S does not answer the model block at 4311, so it is optional.
 
 from __future__ import annotations
 
-from ._fields import DIAG, current, frequency, power, voltage
+from ._fields import DIAG, current, frequency, integrated_energy, power, voltage
 from .base import BaseDevice, Block, Enc, Field
 
 CHARGING_STATUS = {
@@ -87,6 +87,11 @@ class RenogyInverter(BaseDevice):
         current("load_current", 4408, "Load current", scale=0.1),
         power("load_active_power", 4409, "Load active power"),
         power("load_apparent_power", 4410, "Load apparent power", unit="VA", device_class="apparent_power"),
+        # The V1.8 statistics registers (4501-4567) are read by no peer over BLE yet: integrate.
+        integrated_energy(
+            "load_energy", "load_active_power", 1, "Energy delivered to the AC load", name="AC output energy"
+        ),
+        integrated_energy("solar_energy", "solar_power", 1, "Solar energy into the inverter", name="Solar energy"),
         current("line_charging_current", 4412, "Charging current from the AC line", scale=0.1),
         Field(
             "load_percentage",
