@@ -197,6 +197,8 @@ class DeviceRegistry:
             "last_error": unit.stats.last_error or unit.error,
             "rssi": unit.rssi,
             "stats": unit.stats.to_json(),
+            # drivers that wait for data (stream devices, the shunt): frames good / rejected by reason / history / resyncs
+            **({"diagnostics": device.diagnostics()} if device is not None and device.read_wait > 0 else {}),
         }
 
     def health(self) -> dict[str, Any]:
