@@ -153,8 +153,8 @@ class ShuntFrameDecoder:
       from 28 bytes on it is a short frame, decoded with the fields it holds.
     * History frames are counted (``history``) and skipped up to the next header.
     * Bounded: at most one frame (110 bytes) plus one notification is held while
-      looking; noise without a header is dropped except its last 3 bytes (which may
-      begin a header), so the buffer never grows without bound.
+      looking; noise without a header is dropped except its last 7 bytes (which may
+      be a prefix and the start of a header), so the buffer never grows without bound.
     * :meth:`reset` (a connection boundary) drops everything held, so half a frame
       from an old link never joins the start of a new one.
     """
@@ -188,7 +188,8 @@ class ShuntFrameDecoder:
         """One step: a live frame, b"" after skipping something, or None when more bytes are needed."""
         start = _find_header(self._buf, 0)
         if start < 0:
-            self._skip(max(0, len(self._buf) - (len(LIVE_HEADER) - 1)))
+            # keep what may be a prefix and the start of a header still to come
+            self._skip(max(0, len(self._buf) - (PREFIX_LEN + len(LIVE_HEADER) - 1)))
             return None
         if start > 0:
             self._skip(start)
@@ -216,11 +217,13 @@ class ShuntFrameDecoder:
         # the history frame's own header must not be found again: search past it
         nxt = following if following >= 0 else _find_header(self._buf, len(HISTORY_HEADER))
         if nxt < 0:
-            keep = len(LIVE_HEADER) - 1
+            keep = PREFIX_LEN + len(LIVE_HEADER) - 1
             if len(self._buf) > len(HISTORY_HEADER) + keep:
-                # keep the header (so we still know we are in it) and a possible header start
+                # keep the header (so we still know we are in it) and a possible prefix and header start
                 del self._buf[len(HISTORY_HEADER) : len(self._buf) - keep]
             return None
+        if self._buf[nxt - PREFIX_LEN : nxt - 2] == PREFIX:
+            self.counters["prefixed"] += 1
         del self._buf[:nxt]
         self._in_history = False
         return b""
