@@ -135,7 +135,7 @@ class Field:
             natural = self.max_items if self.enc in (Enc.ARRAY_U16, Enc.ARRAY_S16) else _WORDS.get(self.enc, 1)
             object.__setattr__(self, "words", natural)
         if self.register is None and self.compute is None and self.frame_offset is None:
-            raise ValueError(f"field {self.key}: needs a register, a frame offset or a compute function")
+            raise ValueError(f"field {self.key}: needs a register or a compute function (or a frame offset)")
         if self.frame_offset is not None and not 1 <= self.frame_bytes <= 4:
             raise ValueError(f"field {self.key}: a frame field needs frame_bytes 1..4")
 
