@@ -476,6 +476,8 @@ def test_every_documented_field_is_decoded_by_a_vendor_frame() -> None:
     for type_name, cls in drivers().items():
         if cls.requires_config:
             continue
+        if cls.protocol != "modbus":
+            continue  # stream drivers: every field of the shunt is checked by golden frame S3 (test_shunt.py)
         # counters the gateway integrates (energy.py) are not in any frame: tested in test_energy.py
         keys = {f.key for f in cls.fields if f.integrates is None}
         assert keys - decoded[type_name] == set(), type_name

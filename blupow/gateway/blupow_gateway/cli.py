@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__, modbus
 from .devices import create_device, known_types
+from .devices._stream import StreamDevice
 from .schema import ConfigError
 
 
@@ -43,9 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mqtt-host", help="override mqtt.host (skips the Supervisor lookup)")
     run.add_argument("--mqtt-port", type=int, help="override mqtt.port")
 
-    decode = sub.add_parser("decode", help="decode one Modbus read reply (hex) into field values")
+    decode = sub.add_parser(
+        "decode", help="decode one Modbus read reply, or one notified frame of a stream device (hex), into values"
+    )
     decode.add_argument("--type", required=True, dest="type_name", help=f"device type ({', '.join(known_types())})")
-    decode.add_argument("--start", required=True, type=_int, help="first register of the read, e.g. 0x0100 or 256")
+    decode.add_argument("--start", type=_int, help="first register of the read, e.g. 0x0100 or 256 (Modbus types only)")
     decode.add_argument("--variant", help="device variant, e.g. legacy or pro for renogy_battery")
     decode.add_argument("--id", type=_int, dest="slave_id", help="require this Modbus id in the reply")
     decode.add_argument("--config", type=Path, help="generic_modbus config file (JSON)")
@@ -117,6 +120,10 @@ def parse_hex(parts: Sequence[str]) -> bytes:
 def cmd_decode(args: argparse.Namespace) -> int:
     device = _device(argparse.Namespace(**{**vars(args), "slave_id": None}))
     frame = parse_hex(args.hex)
+    if isinstance(device, StreamDevice):
+        return _decode_stream_frame(device, frame)
+    if args.start is None:
+        raise UsageError(f"--start is required for {device.type_name} (the first register of the read)")
     try:
         regs = modbus.parse_read_frame(frame, args.start, slave_id=args.slave_id)
     except (modbus.FrameError, modbus.ModbusException) as exc:
@@ -126,6 +133,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no {device.type_name} field lies in registers {args.start:#06x}..{args.start + len(regs) - 1:#06x}"
         )
+    print(json.dumps(values, ensure_ascii=False))
+    return 0
+
+
+def _decode_stream_frame(device: StreamDevice, frame: bytes) -> int:
+    """One frame (a prefix is fine), checked as the gateway checks it: a rejected frame gives no values."""
+    values, reason = device.decode_frame(frame)
+    if reason is not None:
+        raise UsageError(f"frame rejected ({reason.replace('_', ' ')}): the gateway would publish nothing from it")
     print(json.dumps(values, ensure_ascii=False))
     return 0
 

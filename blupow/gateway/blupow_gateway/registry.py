@@ -24,6 +24,7 @@ from . import commands, probe
 from . import devices as drivers
 from .commands import OPTIONS_EDITABLE, CommandError
 from .devices import BaseDevice
+from .devices.base import DeviceProtocol
 from .modules import Unit
 from .publisher import Publisher
 from .scheduler import Scheduler, error_text
@@ -32,6 +33,9 @@ from .store import ORIGIN_OPTIONS, DeviceRecord, DeviceStore
 _LOGGER = logging.getLogger(__name__)
 
 Scanner = Callable[[float, str | None], Awaitable[list[Any]]]
+
+
+STREAM = DeviceProtocol.NOTIFY_STREAM
 
 
 class Announcer(Protocol):
@@ -197,6 +201,8 @@ class DeviceRegistry:
             "last_error": unit.stats.last_error or unit.error,
             "rssi": unit.rssi,
             "stats": unit.stats.to_json(),
+            # stream devices (the shunt): frames good / rejected by reason / history / resyncs
+            **({"diagnostics": device.diagnostics()} if device is not None and device.protocol is STREAM else {}),
         }
 
     def health(self) -> dict[str, Any]:

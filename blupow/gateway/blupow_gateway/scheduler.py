@@ -17,6 +17,14 @@ Rules (docs/mqtt-api.md, "Device list" and "Device availability"):
 * with ``keep_connected`` and enough slots for every module, links stay open
   between polls (the module keeps its slot); otherwise each poll is connect,
   read, disconnect;
+* stream devices (the Smart Shunt, devices/_stream.py) are polled the same way:
+  ``device.read(link)`` subscribes once per connection and returns the latest good
+  frame, so the state is still published once per poll. No special rule keeps their
+  link: with ``keep_connected`` and a slot per module (the default for a few
+  devices) it stays open and frames flow all the time, which the shunt needs (right
+  after a connect it sends mostly history frames); when links cannot stay open, each
+  poll connects and waits up to the driver's ``read_wait`` for a live frame. Holding
+  a slot for a stream device regardless would starve the other modules;
 * a unit that does not answer fails alone: its siblings are read as usual and
   the link stays up. After ``failures_before_offline`` consecutive failures a
   unit is ``offline``, and ``online`` again on its next success;
@@ -167,6 +175,11 @@ class _GuardedLink:
         if fresh_needed is not None and fresh_needed(slave_id):
             await self.disconnect()
         await self.connect()
+
+    async def start_notify(self, service_uuid: str, char_uuid: str, sink: Any) -> None:
+        """For stream drivers (devices/_stream.py): (re)connect under the lock, then subscribe once."""
+        await self.connect()
+        await self.inner.start_notify(service_uuid, char_uuid, sink)
 
     async def read_registers(self, slave_id: int, start: int, count: int, *, within: float | None = None) -> list[int]:
         await self._ready_for(slave_id)
@@ -588,7 +601,7 @@ class Scheduler:
 
     def _read_guard(self, device: BaseDevice) -> float:
         blocks = len(device.active_blocks())
-        return self.request_timeout * (blocks + 2) + device.request_pacing * blocks + 10
+        return self.request_timeout * (blocks + 2) + device.request_pacing * blocks + device.read_wait + 10
 
     def _obsolete(self, module: Module, link: _GuardedLink | None) -> bool:
         """The module was removed or its link replaced while this poll ran (a lost cancel)."""

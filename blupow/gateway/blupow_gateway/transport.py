@@ -19,7 +19,10 @@ slaves on an RS-485 bus). It
   (:meth:`BleLink.fresh_needed`): a Modbus reply names no register, so a late
   one could be taken for the next answer to the same slave,
 * does the inverter's one-off ``ffd4`` read after connecting,
-* either stays connected between polls or is disconnected by the caller.
+* either stays connected between polls or is disconnected by the caller,
+* for stream devices (``DeviceProtocol.NOTIFY_STREAM``, the Smart Shunt) writes
+  nothing: :meth:`BleLink.start_notify` subscribes the driver to its notifying
+  characteristic once per connection and resets it at every connection boundary.
 
 All failures are raised as :class:`TransportError` subclasses whose message is
 fit for a user (it ends up in ``last_error`` and the logs).
@@ -45,6 +48,7 @@ from bleak_retry_connector import BleakNotFoundError, establish_connection, get_
 
 from . import modbus
 from .devices import BaseDevice, recognise
+from .devices.base import DeviceProtocol, StreamSink
 from .store import normalise_mac
 
 _LOGGER = logging.getLogger(__name__)
@@ -240,6 +244,8 @@ class BleLink:
         self._late_until: dict[int, float] = {}  # slave -> when a late reply can no longer come
         self._lost = False
         self._settled = False  # notifications on (and the init read done): requests may go
+        self._sink: StreamSink | None = None  # a stream driver subscribed on this connection
+        self._generation = 0  # bumps per connection: a notification of an old one is dropped
 
     # --- connection ---
 
@@ -374,6 +380,15 @@ class BleLink:
     def _find_characteristics(self, client: BleakClient) -> None:
         gatt = self.device.gatt
         services = list(client.services)
+        if self.device.protocol is DeviceProtocol.NOTIFY_STREAM:
+            # nothing is written; the driver subscribes itself (start_notify), but a device
+            # without the characteristic is the wrong device: say so at connect
+            if find_characteristic(services, gatt.notify_service, gatt.notify_char, ("notify", "indicate")) is None:
+                raise ConnectFailed(
+                    f"{self.address} has no characteristic {gatt.notify_char} in service {gatt.notify_service}: "
+                    f"is this a {self.device.model_hint or self.device.type_name}?"
+                )
+            return
         self._write_char = find_characteristic(
             services, gatt.write_service, gatt.write_char, ("write-without-response", "write")
         )
@@ -386,6 +401,8 @@ class BleLink:
             )
 
     async def _subscribe(self, client: BleakClient) -> None:
+        if self.device.protocol is not DeviceProtocol.MODBUS:
+            return  # a stream driver subscribes through start_notify on its first read
         assert self._notify_char is not None
         try:
             await client.start_notify(self._notify_char, self._on_notify)
@@ -409,10 +426,12 @@ class BleLink:
 
     def _on_disconnect(self, _client: BleakClient) -> None:
         self._lost = True
+        self._end_stream()
         if self._reply is not None and not self._reply.done():
             self._reply.set_exception(LinkLost(f"{self.address} disconnected during a request"))
 
     async def _close_client(self) -> None:
+        self._end_stream()
         client, self._client = self._client, None
         self._write_char = self._notify_char = None
         self._settled = False
@@ -428,6 +447,48 @@ class BleLink:
     async def disconnect(self) -> None:
         async with self._lock:
             await self._close_client()
+
+    # --- notification streams ---
+
+    async def start_notify(self, service_uuid: str, char_uuid: str, sink: StreamSink) -> None:
+        """Feed ``sink`` the notifications of ``char_uuid`` (in ``service_uuid``) on this connection.
+
+        Once per connection: on a connection where ``sink`` is already subscribed this
+        returns at once, so a driver may call it on every read. The sink is reset before
+        the subscription starts and again when the connection ends (:meth:`_end_stream`),
+        and a notification is fed only while its connection is the current one, so bytes
+        of two connections never meet in the sink's buffer.
+        """
+        async with self._lock:
+            if not self.connected:
+                await self.connect()
+            client = self._client
+            assert client is not None
+            if self._sink is sink:
+                return
+            char = find_characteristic(client.services, service_uuid, char_uuid, ("notify", "indicate"))
+            if char is None:
+                raise ConnectFailed(f"{self.address} has no notifying characteristic {char_uuid} in {service_uuid}")
+            generation = self._generation
+
+            def on_notify(_char: BleakGATTCharacteristic, data: bytearray) -> None:
+                if generation == self._generation and self._sink is sink:
+                    sink.feed(bytes(data))
+
+            sink.reset()
+            self._sink = sink
+            try:
+                await client.start_notify(char, on_notify)
+            except (BleakError, EOFError, OSError) as exc:
+                self._end_stream()
+                raise LinkLost(f"could not subscribe to {char_uuid}: {describe_error(exc)}") from exc
+
+    def _end_stream(self) -> None:
+        """A connection boundary: the subscribed sink drops what it holds and hears no more of it."""
+        self._generation += 1
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.reset()
 
     # --- requests ---
 

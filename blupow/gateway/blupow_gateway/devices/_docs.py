@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import drivers
-from .base import BaseDevice, Field
+from .base import BaseDevice, DeviceProtocol, Field
 
 HEADER = """# Device reference
 
@@ -69,7 +69,20 @@ def _ha(f: Field) -> str:
     return " / ".join(parts) or "–"
 
 
+def _frame_bytes(f: Field) -> str:
+    assert f.frame_offset is not None
+    span = f"bytes {f.frame_offset}–{f.frame_end - 1}" if f.frame_bytes > 1 else f"byte {f.frame_offset}"
+    text = f"{span} {'s' if f.signed else 'u'}{8 * f.frame_bytes}"
+    if f.scale != 1:
+        text += f", ×{f.scale:g}"
+    if f.no_value is not None:
+        text += f", 0x{f.no_value:X} = none"
+    return text
+
+
 def _register(f: Field) -> str:
+    if f.frame_offset is not None:
+        return _frame_bytes(f)
     if f.register is None:
         return "*derived*"
     span = f"{f.register} (0x{f.register:04X})"
@@ -94,6 +107,14 @@ def _meaning(f: Field) -> str:
         text += " Names: " + ", ".join(names) + "."
     if f.variants:
         text += f" (variant{'s' if len(f.variants) > 1 else ''} {', '.join(f.variants)})"
+    if (f.limits is not None or f.confidence is not None) and not text.endswith("."):
+        text += "."
+    if f.limits is not None:
+        low, high = f.limits
+        text += f" Valid {low:g}…{high:g} {f.unit or ''}".rstrip()
+        text += "; outside, the whole frame is rejected." if f.rejects_frame else "; outside, left out."
+    if f.confidence is not None:
+        text += f" Confidence: **{f.confidence.value}**."
     if f.category:
         text += f" *{f.category.value}*"
     if not f.enabled_default:
@@ -110,6 +131,8 @@ def render_driver(cls: type[BaseDevice]) -> str:
             "",
         ]
         return "\n".join(lines)
+    if cls.protocol is DeviceProtocol.NOTIFY_STREAM:
+        return "\n".join([*lines, *_stream_lines(cls), "", *_table(cls), ""])
     lines.append(f"- Default Modbus id: {cls.default_modbus_id} (0x{cls.default_modbus_id:02X})")
     if cls.probe_ids:
         lines.append(
@@ -137,8 +160,20 @@ def render_driver(cls: type[BaseDevice]) -> str:
     return "\n".join([*lines, "", *_table(cls), ""])
 
 
+def _stream_lines(cls: type[BaseDevice]) -> list[str]:
+    return [
+        f"- Protocol: a notification stream on `{cls.gatt.notify_char}` (service `{cls.gatt.notify_service}`), "
+        "not Modbus; nothing is written. The state is published once per poll interval from the latest good "
+        "frame; rejected frames are counted in the device list's `diagnostics` and never published.",
+        f"- Recognised in a scan by: {', '.join(f'`{p}`' for p in cls.all_name_patterns())}",
+        "- Only fields of high or medium confidence are published; **frame** is the byte offset from the "
+        "frame header (big-endian) and its encoding.",
+    ]
+
+
 def _table(cls: type[BaseDevice]) -> list[str]:
-    lines = ["| key | unit | HA | register | meaning |", "|---|---|---|---|---|"]
+    where = "frame" if cls.protocol is DeviceProtocol.NOTIFY_STREAM else "register"
+    lines = [f"| key | unit | HA | {where} | meaning |", "|---|---|---|---|---|"]
     seen: set[str] = set()
     for f in cls.fields:
         row = f"| `{f.key}` | {f.unit or '–'} | {_ha(f)} | {_register(f)} | {_meaning(f)} |"

@@ -56,6 +56,27 @@ class Enc(StrEnum):
 _WORDS = {Enc.U32: 2, Enc.S32: 2, Enc.VERSION: 2, Enc.HEX32: 2}
 
 
+class DeviceProtocol(StrEnum):
+    """How a device talks over BLE; ``BaseDevice.read`` is written for one of them.
+
+    ``MODBUS``: request/response, one Modbus RTU read per block (written to ``ffd1``,
+    answered on ``fff1``). ``NOTIFY_STREAM``: the device sends frames on its own
+    as notifications (the Smart Shunt 300); nothing is written, a read subscribes
+    and takes the latest good frame (devices/_stream.py).
+    """
+
+    MODBUS = "modbus"
+    NOTIFY_STREAM = "notify_stream"
+
+
+class Confidence(StrEnum):
+    """How sure the sources are of a field's meaning (docs/devices.md shows it)."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
 class Category(StrEnum):
     DIAGNOSTIC = "diagnostic"
     CONFIG = "config"
@@ -102,15 +123,31 @@ class Field:
     # positive part (charging), -1 its negative part (discharging).
     integrates: str | None = None
     direction: int = 1
+    # Stream devices (DeviceProtocol.NOTIFY_STREAM): the value sits at ``frame_offset`` in a
+    # notified frame, ``frame_bytes`` big-endian bytes, two's complement when ``signed``.
+    # A raw value equal to ``no_value`` means "not fitted" (no value). Outside ``limits`` the
+    # value is dropped, or with ``rejects_frame`` the whole frame is (devices/_stream.py).
+    frame_offset: int | None = None
+    frame_bytes: int = 0
+    signed: bool = False
+    no_value: int | None = None
+    limits: tuple[float, float] | None = None
+    rejects_frame: bool = False
+    confidence: Confidence | None = None
 
     def __post_init__(self) -> None:
         if self.words == 0:
             natural = self.max_items if self.enc in (Enc.ARRAY_U16, Enc.ARRAY_S16) else _WORDS.get(self.enc, 1)
             object.__setattr__(self, "words", natural)
-        if self.register is None and self.compute is None and self.integrates is None:
-            raise ValueError(f"field {self.key}: needs a register, a compute function or a power to integrate")
+        sources = (self.register, self.compute, self.integrates, self.frame_offset)
+        if all(source is None for source in sources):
+            raise ValueError(
+                f"field {self.key}: needs a register, a compute function, a power to integrate or a frame offset"
+            )
         if self.direction not in (1, -1):
             raise ValueError(f"field {self.key}: direction must be 1 or -1")
+        if self.frame_offset is not None and not 1 <= self.frame_bytes <= 4:
+            raise ValueError(f"field {self.key}: a frame field needs frame_bytes 1..4")
 
     @property
     def registers(self) -> range:
@@ -159,6 +196,27 @@ class Field:
         if self.options is not None:
             return self.options.get(raw, f"unknown ({raw})")
         return self.scaled(raw)
+
+    @property
+    def frame_end(self) -> int:
+        """One past the last frame byte this field needs (0 for fields not in a frame)."""
+        return 0 if self.frame_offset is None else self.frame_offset + self.frame_bytes
+
+    def decode_frame(self, frame: bytes) -> int | float | None:
+        """This field from a notified frame: None if the frame is too short or the raw value is ``no_value``."""
+        if self.frame_offset is None or len(frame) < self.frame_end:
+            return None
+        chunk = frame[self.frame_offset : self.frame_end]
+        if self.no_value is not None and int.from_bytes(chunk, "big") == self.no_value:
+            return None
+        value = self.scaled(int.from_bytes(chunk, "big", signed=self.signed))
+        return value if is_finite(value) else None
+
+    def within_limits(self, value: Any) -> bool:
+        if self.limits is None or not isinstance(value, int | float):
+            return True
+        low, high = self.limits
+        return low <= value <= high
 
     def scaled(self, raw: float) -> int | float:
         value = raw * self.scale + self.offset
@@ -353,6 +411,26 @@ class Variant:
     name_patterns: tuple[str, ...] = ()
 
 
+class StreamSink(Protocol):
+    """What a stream link feeds: notification bytes, and a reset at every connection boundary."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class NotifyLink(Protocol):
+    """What a stream driver needs from a transport (``transport.BleLink`` has it).
+
+    ``start_notify`` subscribes ``sink`` to the characteristic once per connection:
+    calling it again on the same connection does nothing, after a reconnect it
+    subscribes anew. The link calls ``sink.reset()`` whenever a connection ends or
+    a subscription starts, so bytes of two connections never meet in one buffer.
+    """
+
+    async def start_notify(self, service_uuid: str, char_uuid: str, sink: StreamSink) -> None: ...
+
+
 class ModbusLink(Protocol):
     """What a driver needs from a transport: register reads and writes."""
 
@@ -368,6 +446,9 @@ class Reading:
     values: Values
     registers: dict[int, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # optional blocks that failed
+    # Counters a driver keeps about its data (stream devices: frames good / rejected by
+    # reason); they reach the device list as the unit's ``diagnostics``.
+    diagnostics: dict[str, int] = field(default_factory=dict)
 
 
 STATIC_REFRESH_POLLS = 60
@@ -396,6 +477,10 @@ class BaseDevice:
     default_variant: ClassVar[str | None] = None
     # Transport hints: GATT layout, an init read, slower pacing.
     gatt: GattProfile = GattProfile()
+    protocol: ClassVar[DeviceProtocol] = DeviceProtocol.MODBUS
+    # Longest a read may wait for data beyond its requests (a stream driver's wait for a
+    # frame); the scheduler adds it to the read's time limit.
+    read_wait: ClassVar[float] = 0.0
     init_read_uuid: ClassVar[str | None] = None
     init_delay: ClassVar[float] = 0.0
     request_pacing: ClassVar[float] = 0.05
@@ -471,6 +556,10 @@ class BaseDevice:
     def energy_fields(self) -> list[Field]:
         """The counters the gateway integrates for this device (energy.py), not decoded."""
         return [f for f in self.active_fields() if f.integrates is not None]
+
+    def diagnostics(self) -> dict[str, int]:
+        """Counters about the data this unit sent (none for Modbus drivers); see ``Reading.diagnostics``."""
+        return {}
 
     def control(self, key: str) -> Control | None:
         return next((c for c in self.controls if c.key == key), None)
@@ -607,4 +696,5 @@ class BaseDevice:
             "name_patterns": list(cls.all_name_patterns()),
             "requires_config": cls.requires_config,
             "controls": [c.key for c in cls.controls],
+            "protocol": str(cls.protocol),
         }

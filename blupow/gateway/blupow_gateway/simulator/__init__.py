@@ -21,6 +21,7 @@ from .controller import SimulatedController
 from .dcc import SimulatedDcc
 from .inverter import SimulatedInverter
 from .module import SimulatedModule, create_module
+from .shunt import SimulatedShunt
 
 __all__ = [
     "KINDS",
@@ -33,6 +34,7 @@ __all__ = [
     "SimulatedDevice",
     "SimulatedInverter",
     "SimulatedModule",
+    "SimulatedShunt",
     "create_module",
     "create_simulated",
     "default_mac",
@@ -90,6 +92,15 @@ KINDS: dict[str, SimKind] = _kinds(
         "pro",
         0xFF,
         "Pro battery with built-in BLE (RNGRBP…, manufacturer id 0xE14C, current in 0.1 A)",
+    ),
+    SimKind(
+        "shunt",
+        SimulatedShunt,
+        "renogy_shunt",
+        None,
+        0xFF,
+        "Smart Shunt 300 (RTMShunt300…): ~8.5 notified frames/s, no Modbus; faults split, prefixed, history, "
+        "truncated, implausible, noise",
     ),
     SimKind("inverter", SimulatedInverter, "renogy_inverter", None, 0x20, "Inverter/charger RIV1230RCH-SPS (BTRIC…)"),
     SimKind(

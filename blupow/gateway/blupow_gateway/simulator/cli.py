@@ -70,6 +70,7 @@ from .module import (
     parse_module_spec,
     set_faults,
 )
+from .shunt import check_stream_faults
 
 ENTRY_KEYS = ("kind", "mac", "name", "modbus_id", "rssi", "layout", "failures", "options", *BEHAVIOUR_KEYS)
 MODULE_ENTRY_KEYS = (
@@ -113,11 +114,21 @@ def parse_kinds(values: Sequence[str]) -> list[dict[str, Any]]:
         if is_module_spec(value):
             entries.append(module_entry(value))
             continue
-        for kind in (k.strip() for k in value.split(",")):
-            if not kind:
+        for token in (k.strip() for k in value.split(",")):
+            if not token:
                 continue
+            kind, *faults = token.split("+")
             if kind not in kinds:
                 raise SimConfigError(f"unknown device kind {kind!r} (known: {', '.join(kinds)})")
+            if faults:  # only the shunt's stream faults go here (shunt+split+history)
+                if kind != "shunt":
+                    raise SimConfigError(f"--devices {token!r}: +FAULT on a standalone device is for shunt only")
+                try:
+                    check_stream_faults(faults)
+                except ValueError as exc:
+                    raise SimConfigError(f"--devices {token!r}: {exc}") from None
+                entries.append({"kind": kind, "options": {"faults": faults}})
+                continue
             entries.append({"kind": kind})
     return entries
 
@@ -588,6 +599,13 @@ def _epilog() -> str:
     --devices 'hub:battery*4,controller@97'   (batteries 48-51, controller 97)
     --devices chain:battery@33,battery@34,battery@35
     --devices 'hub:battery*3,battery@51+silent'   (quoted: * is a shell glob)
+
+shunt: --devices shunt streams a Smart Shunt 300's frames (~8.5/s, 110 bytes,
+  no Modbus) on c411; --devices shunt+FAULT+... mixes in frame faults:
+    split (2-3 notifications per frame), prefixed (61 d2 xx xx before each),
+    noise (junk between frames), and on every 3rd frame (options.fault_every)
+    history (42 57 01 0b), truncated (20 bytes), implausible (95 V, 600 A)
+  example: --devices shunt+split+prefixed+history+implausible
 
 output: DBUS_SYSTEM_BUS_ADDRESS=..., then one line per device "MAC TYPE NAME"
   and per module "MAC module NAME ID=TYPE[/VARIANT][+FAULT...],...", READY.

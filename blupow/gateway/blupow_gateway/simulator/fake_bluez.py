@@ -186,9 +186,22 @@ BUILTIN_DUPLICATES_LAYOUT: tuple[ServiceSpec, ...] = (
     ),
 )
 
+# Smart Shunt 300 (built-in BLE): notifications on c411, a c111 "write commands" nobody uses (§2.1).
+SHUNT_LAYOUT: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        0x0010,
+        uuid16(0xC011),
+        (
+            CharSpec(0x0011, uuid16(0xC111), WRITE_FLAGS),
+            CharSpec(0x0013, uuid16(0xC411), ("notify",), role="reply", descriptors=((0x0015, CCCD),)),
+        ),
+    ),
+)
+
 LAYOUTS: dict[str, tuple[ServiceSpec, ...]] = {
     "bt_module": BT_MODULE_LAYOUT,
     "builtin_duplicates": BUILTIN_DUPLICATES_LAYOUT,
+    "shunt": SHUNT_LAYOUT,
 }
 BUILTIN_NAME_PREFIXES = ("RNGRBP", "RNGC", "RNGPRO")
 PRO_MANUFACTURER_ID = 0xE14C
@@ -857,6 +870,30 @@ class FakePeripheral:
         # service collection the moment it sees ServicesResolved.
         self.services_resolved = True
         self._emit(ServicesResolved=True, UUIDs=self.uuids())
+        if hasattr(self.sim, "stream_tick"):
+            self._stream(gen)
+
+    def _stream(self, gen: int) -> None:
+        """A streaming device (the shunt) notifies its frames on its own while connected.
+
+        Frames go out whether or not anyone subscribed (the real device streams; an
+        unsubscribed central just does not hear them), one tick per ``frame_interval``.
+        What the device holds for a new connection (``stream_start``: the tail of a
+        frame cut by a dropped link) is the first thing a subscriber hears.
+        """
+        if gen != self._generation or not self.connected:
+            return
+        sim: Any = self.sim
+        chunks: list[bytes] = []
+        if self.characteristic("reply").notifying:
+            chunks += sim.stream_start()
+        more, drop = sim.stream_tick()
+        for chunk in chunks + more:
+            self.notify(chunk)
+        if drop:
+            self.drop()
+            return
+        self.fake.loop.call_later(sim.frame_interval, self._stream, gen)
 
     def _export_gatt(self) -> None:
         if self.gatt_exported:

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..devices import driver
+from ..devices.base import DeviceProtocol
 from .base import (
     BEHAVIOUR_KEYS,
     BT_SERVICE_UUIDS,
@@ -308,8 +310,12 @@ def _number(text: str) -> int:
 def check_kind(kind: Any) -> str:
     from . import KINDS  # the package imports this module
 
-    if kind not in KINDS:
-        raise ValueError(f"unknown device kind {kind!r} (known: {', '.join(KINDS)})")
+    # only devices on the RS-485 bus can sit behind a hub or in a chain (not the Bluetooth-only shunt)
+    on_bus = [name for name, spec in KINDS.items() if driver(spec.type_name).protocol == DeviceProtocol.MODBUS]
+    if kind in KINDS and kind not in on_bus:
+        raise ValueError(f"device kind {kind!r} has no RS-485 port: it cannot be behind a hub or in a chain")
+    if kind not in on_bus:
+        raise ValueError(f"unknown device kind {kind!r} (known: {', '.join(on_bus)})")
     return str(kind)
 
 
