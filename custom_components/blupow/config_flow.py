@@ -614,7 +614,9 @@ class BluPowOptionsFlow(OptionsFlow):
 
     def _placeholders(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """Every placeholder a text of the current step may use (its errors too), so none is ever
-        left unfilled: the frontend shows "Translation Error" for a missing one."""
+        left unfilled: the frontend shows "Translation Error" for a missing one. The 2024.3 frontend
+        renders a menu's title, and a step's title above its spinner, without any placeholders:
+        those titles in strings.json have none (tests/e2e/test_browser_flows.py)."""
         return {**dict.fromkeys(PLACEHOLDERS, ""), CONF_GATEWAY_ID: self._gateway_id, **(extra or {})}
 
 
