@@ -264,8 +264,13 @@ class BluPowOptionsFlow(OptionsFlow):
         if self._current_gateway() is None:
             return self._abort_offline()
         assert user_input is not None  # the form is shown by the scan's finish step
-        self._add_input = {CONF_MAC_ADDRESS: user_input[CONF_MAC_ADDRESS]}
-        return self._start("probe_module", {CONF_MAC_ADDRESS: user_input[CONF_MAC_ADDRESS]})
+        mac = user_input[CONF_MAC_ADDRESS]
+        self._add_input = {CONF_MAC_ADDRESS: mac}
+        if (gateway := self._current_gateway()) is not None and (streams := _stream_type(gateway, self._found, mac)):
+            # A device that only streams notifications (the Smart Shunt) has no Modbus ids to probe.
+            self._add_input[CONF_TYPE] = streams
+            return self._show_add_form(gateway)
+        return self._start("probe_module", {CONF_MAC_ADDRESS: mac})
 
     def _show_scan_form(self) -> FlowResult:
         options = [SelectOptionDict(value=item["mac_address"], label=_found_label(item)) for item in self._found]
@@ -667,6 +672,16 @@ def _found_label(item: dict[str, Any]) -> str:
         return f"{label}: added already (pick it to look for more devices behind it)"
     types = [TYPE_WORDS.get(t, t).lower() for t in item.get("types") or [] if isinstance(t, str)]
     return f"{label}: {', '.join(types)}" if types else label
+
+
+def _stream_type(gateway: Gateway, found: list[dict[str, Any]], mac: str) -> str | None:
+    """The type of a scanned device that streams (no Modbus), when the scan says that is all it can be."""
+    item = next((item for item in found if item["mac_address"] == mac), {})
+    types = [t for t in item.get("types") or [] if isinstance(t, str)]
+    infos = [gateway.type_info(t) or {} for t in types]
+    if types and all(info.get("protocol") not in (None, "modbus") for info in infos):
+        return types[0]
+    return None
 
 
 def _unit_label(unit: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from conftest import (
     announce_gateway,
     assert_translated,
     commands,
+    gateway_info,
     next_command,
     respond,
     select_options,
@@ -419,3 +420,21 @@ def test_no_title_needs_a_placeholder() -> None:
     spinner (the step's title is reused there): one in a title reads "Translation Error"."""
     titled = {step: texts["title"] for step, texts in EN["options"]["step"].items() if "title" in texts}
     assert titled and not {step: title for step, title in titled.items() if "{" in title}
+
+
+async def test_a_shunt_is_not_probed_but_added_by_type(
+    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
+) -> None:
+    """The Smart Shunt streams notifications: no Modbus ids to ask; the add form opens with its type."""
+    info = gateway_info()
+    info["supported_types"].append({"type": "renogy_shunt", "protocol": "notify_stream", "requires_config": False})
+    announce_gateway(hass, info=info)
+    shunt = {"mac_address": "4C:E1:74:57:85:E3", "name": "RTMShunt30017000621", "types": ["renogy_shunt"]}
+    result = await _menu(hass, entry, "scan")
+    respond(hass, await next_command(mqtt_mock), data={"devices": [shunt, *SCAN_FOUND]})
+    result = await _finish(hass, result)
+    result = await _step(hass, result, {"mac_address": shunt["mac_address"]})
+
+    assert result["step_id"] == "add_device"
+    assert suggested_values(result) == {"mac_address": shunt["mac_address"], "type": "renogy_shunt"}
+    assert len(commands(mqtt_mock)) == 1  # the scan only, no probe_module
