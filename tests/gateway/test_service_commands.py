@@ -23,7 +23,7 @@ CMD = "blupow/gateway/command"
 RESPONSE = "blupow/gateway/response"
 EVENT = "blupow/gateway/event"
 KNOWN_COMMANDS = "add_device, remove_device, update_device, list_devices, scan, probe_module, poll_now, health_check"
-KNOWN_TYPES = "generic_modbus, renogy_battery, renogy_charge_controller, renogy_dcc, renogy_inverter"
+KNOWN_TYPES = "generic_modbus, renogy_battery, renogy_charge_controller, renogy_dcc, renogy_inverter, renogy_shunt"
 RECORD_KEYS = {
     "mac_address",
     "unit_id",
