@@ -32,6 +32,7 @@ from homeassistant.helpers.selector import (
 )
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 
+from . import energy
 from .const import (
     CONF_BANK,
     CONF_CONFIG,
@@ -190,7 +191,7 @@ class BluPowOptionsFlow(OptionsFlow):
     async def async_step_menu(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         return self.async_show_menu(
             step_id="menu",
-            menu_options=["add_device", "scan", "remove_device", "bank"],
+            menu_options=["add_device", "scan", "remove_device", "bank", "energy"],
             description_placeholders={CONF_GATEWAY_ID: self._gateway_id},
         )
 
@@ -453,6 +454,21 @@ class BluPowOptionsFlow(OptionsFlow):
             description_placeholders=self._placeholders({"banks": ", ".join(banks) or "none", **(placeholders or {})}),
         )
 
+    # -- the Energy dashboard --------------------------------------------------------------------
+
+    async def async_step_energy(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Show what would be added to the Energy dashboard; add it when confirmed."""
+        if (gateway := self._current_gateway()) is None:
+            return self._abort_offline()
+        plan = await energy.async_plan(self.hass, gateway.devices)
+        if not plan:
+            return self.async_abort(reason="energy_nothing_to_add", description_placeholders=self._placeholders())
+        placeholders = self._placeholders({"plan": plan.describe()})
+        if user_input is None:
+            return self.async_show_form(step_id="energy", description_placeholders=placeholders)
+        await energy.async_apply(self.hass, plan)
+        return self.async_abort(reason="energy_done", description_placeholders=placeholders)
+
     # -- sending and reporting -----------------------------------------------------------------
 
     def _start(
@@ -628,7 +644,7 @@ class BluPowOptionsFlow(OptionsFlow):
 # Every {placeholder} of the options texts in strings.json (a test checks the list is complete).
 PLACEHOLDERS = (
     "gateway_id", "error", "timeout", "seconds", "mac_address", "name", "count", "summary", "added",
-    "names", "failed", "bank", "banks",
+    "names", "failed", "bank", "banks", "plan",
 )  # fmt: skip
 
 

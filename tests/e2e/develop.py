@@ -113,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"develop: {module.mac} carries {summary}: {outcome}", flush=True)
         kinds = {d.type for d in stack.sim.devices} if stack.sim else set()
         if {"renogy_charge_controller", "renogy_battery"} <= kinds:  # the demo's Energy dashboard
-            stack.api.ws("energy/save_prefs", **stack.energy_prefs(stack.energy_sensors()))
-            print("develop: Energy dashboard: solar and battery sources set", flush=True)
+            stack.energy_sensors()  # wait for the counters' entities (discovery)
+            result = stack.add_energy_dashboard()  # the options flow's one step, as a user would
+            outcome = "set" if result.get("reason") == "energy_done" else f"NOT set: {result}"
+            print(f"develop: Energy dashboard: solar, battery and loads {outcome}", flush=True)
         password_file = state_dir / "login.txt"
         password_file.write_text(f"{stack.ha_url}\nusername: {options.username}\npassword: {options.password}\n")
         password_file.chmod(0o600)

@@ -654,6 +654,14 @@ class Stack:
         result = self.api.configure_flow(form["flow_id"], {"bank": name, "units": units}, options=True)
         return self.api.finish_progress(result, options=True)
 
+    def add_energy_dashboard(self) -> dict[str, Any]:
+        """Configure -> Add the energy counters to the Energy dashboard -> confirm what it shows."""
+        menu = self.options_flow_menu()
+        result = self.api.configure_flow(menu["flow_id"], {"next_step_id": "energy"}, options=True)
+        if result.get("step_id") == "energy":
+            result = self.api.configure_flow(result["flow_id"], {}, options=True)
+        return result
+
     def remove_device(self, mac: str) -> dict[str, Any]:
         """Configure -> Remove device -> pick it -> progress -> the gateway's answer."""
         menu = self.options_flow_menu()
@@ -685,16 +693,20 @@ class Stack:
         return None
 
     def energy_sensors(self, timeout: float = DISCOVERY_TIMEOUT) -> dict[str, str]:
-        """Lifetime energy counters for the Energy dashboard: solar generation (the controller's
-        own counter), energy into and out of the battery (counted by the gateway) and the DC load."""
+        """Every energy counter the one-step Energy dashboard set-up uses (integration energy.py):
+        solar (the controller's own counter, the inverter's integrated one), energy into and out of
+        the battery (integrated by the gateway) and the DC and AC loads."""
         assert self.sim is not None
         controller = self.sim.device("renogy_charge_controller")
         battery = self.sim.device("renogy_battery")
+        inverter = self.sim.device("renogy_inverter")
         wanted = {
             "solar": (controller.mac, f"blupow_{controller.topic_id}_power_generation_total"),
+            "inverter_solar": (inverter.mac, f"blupow_{inverter.topic_id}_solar_energy"),
             "battery_from": (battery.mac, f"blupow_{battery.topic_id}_discharge_energy"),
             "battery_to": (battery.mac, f"blupow_{battery.topic_id}_charge_energy"),
             "load": (controller.mac, f"blupow_{controller.topic_id}_power_consumption_total"),
+            "ac_load": (inverter.mac, f"blupow_{inverter.topic_id}_load_energy"),
         }
 
         def find() -> dict[str, str] | None:
@@ -710,17 +722,18 @@ class Stack:
         return sensors
 
     def energy_prefs(self, sensors: Mapping[str, str]) -> dict[str, Any]:
-        """Energy preferences (``energy/save_prefs``) with a solar and a battery source."""
+        """The energy preferences the one-step set-up makes on an empty dashboard."""
         return {
             "energy_sources": [
                 {"type": "solar", "stat_energy_from": sensors["solar"], "config_entry_solar_forecast": None},
+                {"type": "solar", "stat_energy_from": sensors["inverter_solar"], "config_entry_solar_forecast": None},
                 {
                     "type": "battery",
                     "stat_energy_from": sensors["battery_from"],
                     "stat_energy_to": sensors["battery_to"],
                 },
             ],
-            "device_consumption": [{"stat_consumption": sensors["load"]}],
+            "device_consumption": [{"stat_consumption": sensors["load"]}, {"stat_consumption": sensors["ac_load"]}],
         }
 
     def mqtt_state(self, mac: str) -> dict[str, Any] | None:

@@ -311,21 +311,26 @@ def test_states_match_the_simulator(stack: Stack, added: dict[str, dict[str, Any
         assert compared >= 5, f"only {compared} values of the {sim_device.type} could be compared"
 
 
-def test_energy_sensors_accepted(stack: Stack, added: dict[str, dict[str, Any]]) -> None:
-    """Solar and battery sources saved in the energy preferences; validation finds nothing wrong with
-    the sensors themselves (long-term statistics only exist after the first 5-minute compile: the
-    last test of this module checks that too)."""
-    sensors = stack.energy_sensors()
-    prefs = stack.energy_prefs(sensors)
-    stack.api.ws("energy/save_prefs", **prefs)
+def test_energy_dashboard_in_one_step(stack: Stack, added: dict[str, dict[str, Any]]) -> None:
+    """Configure → "Add the energy counters to the Energy dashboard": solar, the battery's in and
+    out, and the loads are added; validation finds nothing wrong with the sensors themselves
+    (long-term statistics only exist after the first 5-minute compile: the last test of this module
+    checks that too). Asked again, there is nothing left to add."""
+    sensors = stack.energy_sensors()  # every counter discovered first: the step adds what exists
+    result = stack.add_energy_dashboard()
+    assert result["type"] == "abort" and result["reason"] == "energy_done", result
     saved = stack.api.ws("energy/get_prefs")
-    assert saved["energy_sources"] == prefs["energy_sources"]
+    expected = stack.energy_prefs(sensors)
+    for section in ("energy_sources", "device_consumption"):
+        assert sorted(map(json.dumps, saved[section])) == sorted(map(json.dumps, expected[section])), saved
     for entity_id in sensors.values():
         state = stack.api.state(entity_id)
         assert state is not None and state["state"] not in NOT_A_VALUE, state
     issues = energy_issues(stack)
     wrong = [i for i in issues if i["type"] != "statistics_not_defined"]
     assert not wrong, wrong
+    assert stack.add_energy_dashboard()["reason"] == "energy_nothing_to_add"
+    assert stack.api.ws("energy/get_prefs") == saved
 
 
 def test_load_switch_changes_the_load_register(stack: Stack, added: dict[str, dict[str, Any]]) -> None:
@@ -495,17 +500,17 @@ def test_removing_a_device_through_options_flow_removes_its_entities(
     stack: Stack, added: dict[str, dict[str, Any]]
 ) -> None:
     assert stack.sim is not None
-    inverter = stack.sim.device("renogy_inverter")
-    entity_ids = set(entity_ids_by_unique_id(stack, inverter.mac).values())
+    charger = stack.sim.device("renogy_dcc")  # on no Energy dashboard: see test_energy_dashboard_in_one_step
+    entity_ids = set(entity_ids_by_unique_id(stack, charger.mac).values())
     assert entity_ids
-    result = stack.remove_device(inverter.mac)
+    result = stack.remove_device(charger.mac)
     assert result["type"] == "abort" and result["reason"] == "device_removed", result
-    wait_until(lambda: not stack.entities_of(inverter.mac), ENTITY_TIMEOUT, "the inverter's entities to go")
-    wait_until(lambda: stack.device_entry(inverter.mac) is None, ENTITY_TIMEOUT, "the inverter device to go")
+    wait_until(lambda: not stack.entities_of(charger.mac), ENTITY_TIMEOUT, "the charger's entities to go")
+    wait_until(lambda: stack.device_entry(charger.mac) is None, ENTITY_TIMEOUT, "the charger device to go")
     assert not entity_ids & set(stack.api.states())
-    assert inverter.mac not in {d["mac_address"] for d in gateway_devices(stack)}
+    assert charger.mac not in {d["mac_address"] for d in gateway_devices(stack)}
     # The others are untouched.
-    assert all(stack.entities_of(d.mac) for d in stack.sim.devices if d.mac != inverter.mac)
+    assert all(stack.entities_of(d.mac) for d in stack.sim.devices if d.mac != charger.mac)
 
 
 def test_broker_then_gateway_restart_loses_nothing(stack: Stack, added: dict[str, dict[str, Any]]) -> None:

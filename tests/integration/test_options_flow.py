@@ -85,7 +85,7 @@ async def test_add_device_success(hass: HomeAssistant, entry: MockConfigEntry, m
     announce_gateway(hass)
     result = await _open(hass, entry)
     assert result["type"] == FlowResultType.MENU
-    assert result["menu_options"] == ["add_device", "scan", "remove_device", "bank"]
+    assert result["menu_options"] == ["add_device", "scan", "remove_device", "bank", "energy"]
     assert result["description_placeholders"]["gateway_id"] == "gateway"
 
     result = await _step(hass, result, {"next_step_id": "add_device"})
