@@ -22,6 +22,7 @@ TYPE_WORDS: Final = {
     "renogy_charge_controller": "Charge controller",
     "renogy_dcc": "DC-DC charger",
     "renogy_inverter": "Inverter",
+    "renogy_shunt": "Smart Shunt",
     "generic_modbus": "Modbus device",
 }
 

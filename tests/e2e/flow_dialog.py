@@ -26,6 +26,7 @@ PAGE_TIMEOUT = 60.0  # the integration page to load (the frontend compiles its s
 STEP_TIMEOUT = 30.0  # a step to render after a click (the frontend's round trip to Home Assistant)
 PROGRESS_TIMEOUT = 70.0  # the longest spinner: a probe (the integration gives up after 60 s)
 POLL_INTERVAL = 0.2
+OPEN_TIMEOUT = 5.0  # the dialog to open after Configure (it opens within a second when the click lands)
 
 # The flow dialog's state, as one JS expression: {open, kind, text}. Uses the helpers (window.__e2e).
 _FLOW_STATE = """
@@ -153,7 +154,17 @@ class FlowDialog:
         if not here or self.page.evaluate(_FLOW_STATE)["open"]:
             self.page.navigate(f"{base_url}/config/integrations/integration/{domain}")
         self.waiting_for = "configure"
-        self._click({"scope": "ha-config-integration-page", "selector": _BUTTONS, "text": "Configure"}, PAGE_TIMEOUT)
+        configure = {"scope": "ha-config-integration-page", "selector": _BUTTONS, "text": "Configure"}
+        # Right after a flow ends the page re-renders its entry card: a click in that moment lands on
+        # a button that is being replaced and opens nothing. A person clicks again; so does the test
+        # (a dialog that never opens still fails, in expect()).
+        for _ in range(3):
+            self._click(configure, PAGE_TIMEOUT)
+            deadline = time.monotonic() + OPEN_TIMEOUT
+            while time.monotonic() < deadline:
+                if self.page.evaluate(_FLOW_STATE)["open"]:
+                    return
+                time.sleep(POLL_INTERVAL)
 
     def choose_menu(self, label: str) -> None:
         self._click({"scope": "step-flow-menu", "selector": "mwc-list-item, ha-list-item", "text": label})
