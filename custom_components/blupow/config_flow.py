@@ -512,7 +512,6 @@ class BluPowOptionsFlow(OptionsFlow):
                 request.failed.append(f"{label}: {_reason(request)}")
                 request.failed += [other for other, _ in request.batch[index + 1 :]]
                 break
-        request.data = {"done": request.done} if request.done else None
 
     async def _async_send(self, request: _Request, command: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         """The answer's data, or None with the error recorded in ``request``."""
