@@ -398,6 +398,7 @@ CASES: list[tuple[str, str | None, int, int, list[int], dict[str, Any]]] = [
             "battery_voltage": 13.2,
             "temperature": -5.0,
             "ac_input_frequency": 59.98,
+            "ac_input_power": 180,  # 120.0 V x 1.5 A
         },
     ),
     (
@@ -414,6 +415,7 @@ CASES: list[tuple[str, str | None, int, int, list[int], dict[str, Any]]] = [
             "solar_power": 130,
             "charging_status": "floating",
             "charging_power": 125,
+            "battery_power": None,  # needs the battery voltage of the 4000 block
         },
     ),
     (
@@ -464,6 +466,16 @@ def test_golden_captured_frames() -> None:
     assert values["controller_temperature"] == 16 and values["load_voltage"] == 12.2
 
 
+def test_the_inverter_battery_power_comes_from_two_blocks() -> None:
+    regs = {
+        **modbus.parse_read_frame(reply(0x20, [1200, 150, 0, 0, 6000, 132, 0, 0, 0, 0]), 4000, slave_id=0x20),
+        **modbus.parse_read_frame(reply(0x20, [85, 0xFF9C, 0, 0, 0, 0, 0]), 4327, slave_id=0x20),
+    }
+    values = create_device("renogy_inverter").decode(regs)
+    assert values["battery_power"] == -132  # 13.2 V x -10.0 A: discharging
+    assert values["ac_input_power"] == 180
+
+
 def test_missing_registers_are_omitted_not_zero() -> None:
     values = _decode("renogy_charge_controller", None, 0xFF, 0x0100, [50, 130])
     assert values == {"battery_soc": 50, "battery_voltage": 13.0}
@@ -471,8 +483,14 @@ def test_missing_registers_are_omitted_not_zero() -> None:
 
 def test_every_documented_field_is_decoded_by_a_vendor_frame() -> None:
     decoded: dict[str, set[str]] = {}
+    merged: dict[tuple[str, str | None], dict[int, int]] = {}  # every frame of a device at once
     for type_name, variant, slave, start, words, _ in CASES:
         decoded.setdefault(type_name, set()).update(_decode(type_name, variant, slave, start, words))
+        merged.setdefault((type_name, variant), {}).update(
+            modbus.parse_read_frame(reply(slave, words), start, slave_id=slave)
+        )
+    for (type_name, variant), regs in merged.items():  # values derived across blocks
+        decoded[type_name].update(create_device(type_name, variant=variant).decode(regs))
     for type_name, cls in drivers().items():
         if cls.requires_config:
             continue

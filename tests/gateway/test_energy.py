@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,8 @@ from blupow_gateway.devices import create_device
 from blupow_gateway.devices.base import Field
 from blupow_gateway.energy import EnergyMeters
 from blupow_gateway.settings import DeviceOption
-from tests.plugins.gateway import GatewayFactory, SimWorld, wait_until
-from tests.plugins.mosquitto import Mosquitto, aretained
+from tests.plugins.gateway import GatewayFactory, GatewayProcess, SimWorld, gateway_options, wait_until
+from tests.plugins.mosquitto import Mosquitto, MqttRecorder, Received, aretained
 
 BATTERY = create_device("renogy_battery")
 COUNTERS = BATTERY.energy_fields()
@@ -193,6 +196,73 @@ def test_max_gap_is_a_few_polls_but_at_least_a_minute() -> None:
 # -- in the gateway, with the simulated battery and a real broker -----------------------------------
 
 
+CONTROLLER = create_device("renogy_charge_controller")
+LIFETIME = CONTROLLER.lifetime_counters()
+GEN = "power_generation_total"
+
+
+def carried(m: EnergyMeters, clock: Clock, readings: list[float], every: float = 30.0) -> list[float]:
+    """What is published for a series of raw lifetime-counter readings, ``every`` s apart."""
+    published = []
+    for reading in readings:
+        clock.now += every
+        values: dict[str, Any] = {GEN: reading, "power_consumption_total": 1.0}
+        m.carry(KEY, LIFETIME, values)
+        published.append(values[GEN])
+    return published
+
+
+def test_the_controller_tables_declare_their_lifetime_counters() -> None:
+    assert [f.key for f in LIFETIME] == ["power_generation_total", "power_consumption_total"]
+    assert [f.key for f in create_device("renogy_dcc").lifetime_counters()] == ["power_generation_total"]
+    assert not BATTERY.lifetime_counters()  # "today" counters reset every day by design: not guarded
+    assert "power_generation_today" not in {f.key for f in LIFETIME}
+    with pytest.raises(ValueError, match="kWh or Wh"):
+        Field("x", 1, unit="Ah", lifetime=True)
+
+
+async def test_a_device_counter_that_resets_continues_from_where_it_was(tmp_path: Path) -> None:
+    """A replaced or factory-reset controller starts again from 0: the published total goes on."""
+    clock = Clock()
+    m = meters(tmp_path, clock)
+    published = carried(m, clock, [120.0, 120.01, 0.0, 0.002, 0.005])
+    # the first low reading is held (it could be a glitch), the second confirms the reset
+    assert published == [120.0, 120.01, 120.01, 120.012, 120.015]
+    assert published == sorted(published)
+
+
+async def test_one_odd_reading_of_a_device_counter_is_never_published(tmp_path: Path) -> None:
+    clock = Clock()
+    m = meters(tmp_path, clock)
+    # a zero while the controller boots, a spike no controller can make in 30 s, a dip
+    published = carried(m, clock, [120.0, 0.0, 120.02, 4_000_000.0, 120.03, 119.5, 120.04])
+    assert published == [120.0, 120.0, 120.02, 120.02, 120.03, 120.03, 120.04]
+
+
+async def test_a_large_rise_after_a_long_absence_is_accepted(tmp_path: Path) -> None:
+    """Away for a sunny day: the counter rose a lot, but no faster than a controller can."""
+    clock = Clock()
+    m = meters(tmp_path, clock)
+    assert carried(m, clock, [120.0]) == [120.0]
+    assert carried(m, clock, [150.0], every=8 * 3600) == [150.0]
+
+
+async def test_a_reset_carried_over_survives_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    m = meters(tmp_path, clock)
+    assert carried(m, clock, [120.0, 0.0, 0.25]) == [120.0, 120.0, 120.25]
+    await m.stop()
+    # the device was reset again while the gateway was stopped
+    again = meters(tmp_path, clock)
+    assert carried(again, clock, [0.1, 0.2]) == [120.25, 120.45]
+
+
+async def test_an_upgrade_publishes_the_device_counter_unchanged(tmp_path: Path) -> None:
+    """No file from an older version: the first reading is published as it is (statistics go on)."""
+    clock = Clock()
+    assert carried(meters(tmp_path, clock), clock, [987.654]) == [987.654]
+
+
 def _energy(gateway: Any, mac: str) -> tuple[float, float] | None:
     values = gateway.scheduler.unit(mac).values
     if "charge_energy" not in values:
@@ -223,3 +293,76 @@ async def test_the_gateway_counts_publishes_and_keeps_energy_across_a_restart(
     again = _energy(second, sim.mac)
     assert again is not None and again[0] >= last[0] and again[1] >= last[1]
     await wait_until(lambda: sum(_energy(second, sim.mac) or (0, 0)) > sum(last), 20, "counting on")
+
+
+def _load_states(recorder: MqttRecorder, topic: str, since: int = 0) -> list[tuple[float, float, float]]:
+    """(arrival, AC output energy in Wh, load power in W) of every state published on ``topic``."""
+    found = []
+    for message in recorder.on(topic, since):
+        state = message.json()
+        if "load_energy" in state and "load_active_power" in state:
+            found.append((message.at, state["load_energy"] * 1000, state["load_active_power"]))
+    return found
+
+
+def _rate(first: tuple[float, float, float], last: tuple[float, float, float]) -> float:
+    """Wh counted per second between two published states."""
+    return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def _wait_states(recorder: MqttRecorder, topic: str, since: int, count: int, timeout: float = 60) -> Received:
+    """Wait until ``count`` states with energy arrived on ``topic`` after ``since``."""
+    deadline = time.monotonic() + timeout
+    while len(_load_states(recorder, topic, since)) < count:
+        recorder.wait_topic(topic, max(0.1, deadline - time.monotonic()), recorder.mark())
+    return recorder.on(topic, since)[-1]
+
+
+@pytest.mark.slow
+def test_energy_is_neither_lost_nor_doubled_by_a_broker_outage_or_a_sigkill(
+    mosquitto: Mosquitto,
+    mqtt_recorder: Callable[..., MqttRecorder],
+    gateway_process: Callable[..., GatewayProcess],
+    sim_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The process as users run it. A steady load (simulated time stands still): the counter must rise at the same rate
+    across a broker outage (polling goes on, nothing is published) and across a SIGKILL and restart
+    (the segment continues from what was on disk) as it does in plain running."""
+    config = tmp_path / "sim.yaml"
+    config.write_text(json.dumps([{"kind": "inverter", "options": {"load_va": 3000.0, "frozen": True}}]))
+    sim = sim_process(config=config)
+    inverter = sim.device("renogy_inverter")
+    topic = f"blupow/{inverter.mac.replace(':', '')}/state"
+    options = gateway_options(mosquitto, devices=[{"mac_address": inverter.mac, "type": "renogy_inverter"}])
+    recorder = mqtt_recorder()
+    gateway = gateway_process(options, env=sim.env())
+    _wait_states(recorder, topic, 0, 6)  # 25 s of plain running at a 5 s poll
+    plain = _load_states(recorder, topic)
+    steady = _rate(plain[1], plain[-1])
+    assert steady == pytest.approx(plain[-1][2] / 3600, rel=0.15)  # W -> Wh/s: the integration itself
+
+    # the broker goes away for 25 s; the gateway polls on and keeps counting
+    before = plain[-1]
+    recorder.close()
+    mosquitto.stop()
+    time.sleep(25)
+    mosquitto.start()
+    recorder = mqtt_recorder()
+    _wait_states(recorder, topic, 0, 3)
+    after_outage = _load_states(recorder, topic)
+    assert _rate(before, after_outage[0]) == pytest.approx(steady, rel=0.25), "energy of the outage"
+
+    # SIGKILL between two polls, restart at once: the downtime is counted once, from the file
+    before = after_outage[-1]
+    gateway.kill()
+    since = recorder.mark()
+    gateway = gateway_process(options, env=sim.env())
+    _wait_states(recorder, topic, since, 3)
+    after_kill = _load_states(recorder, topic, since)
+    assert _rate(before, after_kill[-1]) == pytest.approx(steady, rel=0.25), "energy across the SIGKILL"
+
+    published = [wh for _, wh, _ in plain + after_outage + after_kill]
+    assert published == sorted(published), "the counter went down"
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(10) == 0

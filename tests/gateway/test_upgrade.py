@@ -72,9 +72,20 @@ async def test_a_release_installation_keeps_its_ids_topics_and_records(
     now = published(retained)
     # every entity of the release exactly as it was (same topics, unique_ids, state topics, devices)
     assert {topic: now.get(topic) for topic in release["discovery"]} == release["discovery"]
-    # and nothing else but the energy counters added since (integrated by the gateway)
+    # and nothing else but the energy counters added since (integrated by the gateway) and the
+    # inverter's powers they integrate
     added = {topic.split("/")[2].split("_", 2)[2] for topic in set(now) - set(release["discovery"])}
-    assert added == {"charge_energy", "discharge_energy", "load_energy", "solar_energy"}
+    assert added == {
+        "charge_energy",
+        "discharge_energy",
+        "load_energy",
+        "solar_energy",
+        "ac_input_power",
+        "ac_input_energy",
+        "battery_power",
+        "battery_charge_energy",
+        "battery_discharge_energy",
+    }
     states = sorted(t for t in retained if t.endswith("/state") and not t.startswith("blupow/gateway"))
     assert states == release["state_topics"]
     # the records and the options override, as the release kept them

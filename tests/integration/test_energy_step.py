@@ -104,3 +104,44 @@ async def test_nothing_to_add_before_the_first_poll(
     announce_gateway(hass, devices=[BATTERY])  # no entities yet: MQTT discovery has not made them
     result = await _open_energy_step(hass, entry)
     assert result["type"] == FlowResultType.ABORT and result["reason"] == "energy_nothing_to_add"
+
+
+async def test_an_inverter_ac_input_joins_the_grid_the_user_has(
+    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
+) -> None:
+    shore = _sensor(hass, INVERTER, "ac_input_energy")
+    manager = await async_get_manager(hass)
+    await manager.async_update({"energy_sources": [GRID]})
+    announce_gateway(hass, devices=[INVERTER])
+
+    result = await _open_energy_step(hass, entry)
+    assert result["description_placeholders"]["plan"] == f"- Grid consumption: {shore}"
+    result = assert_translated(await hass.config_entries.options.async_configure(result["flow_id"], {}))
+    assert result["type"] == FlowResultType.ABORT and result["reason"] == "energy_done"
+
+    assert manager.data is not None
+    shore_in = {**GRID_IN, "stat_energy_from": shore}
+    assert manager.data["energy_sources"] == [{**GRID, "flow_from": [GRID_IN, shore_in]}]  # one grid, both meters
+    again = await _open_energy_step(hass, entry)
+    assert again["type"] == FlowResultType.ABORT and again["reason"] == "energy_nothing_to_add"
+
+
+async def test_an_inverter_ac_input_becomes_the_grid_when_there_is_none(
+    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
+) -> None:
+    shore = _sensor(hass, INVERTER, "ac_input_energy")
+    announce_gateway(hass, devices=[INVERTER])
+
+    result = await _open_energy_step(hass, entry)
+    await hass.config_entries.options.async_configure(result["flow_id"], {})
+
+    manager = await async_get_manager(hass)
+    assert manager.data is not None
+    assert manager.data["energy_sources"] == [
+        {
+            "type": "grid",
+            "flow_from": [{**GRID_IN, "stat_energy_from": shore}],
+            "flow_to": [],
+            "cost_adjustment_day": 0.0,
+        }
+    ]

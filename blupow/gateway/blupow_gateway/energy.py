@@ -1,4 +1,5 @@
-"""Energy counters the gateway keeps for devices that have none of their own.
+"""Energy counters for the Energy dashboard: the ones the gateway integrates for devices that
+have none of their own, and the guard on the lifetime counters devices do keep.
 
 A driver declares them in its table (``Field(integrates="power", direction=±1)``,
 see ``devices._fields.integrated_energy``). After each good reading the power
@@ -22,6 +23,14 @@ sensors in kWh, so three rules matter more than precision:
   the first reading continues the segment from the committed point when it is
   within ``max_gap``: the energy of the interval since the commit is counted
   once, from the committed state.
+
+A device's own lifetime counter (``Field(lifetime=True)``, e.g. a charge controller's
+"generated total") needs no integration but the same promise: Home Assistant must never see it
+go down because of one odd reading. :meth:`EnergyMeters.carry` holds back a drop, or a jump no
+Renogy device can make in the time since the last reading, until the next reading confirms it.
+A confirmed drop is a reset of the device's counter (a factory reset, a replaced controller): the
+last value is carried forward as an offset, so the published counter continues from where it
+was. The last accepted reading and the offset are kept in the same file.
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ FILENAME = "energy.json"
 SCHEMA = 1
 GAP_POLLS = 3  # integrate across at most this many poll intervals (a missed poll or two is fine)
 MIN_GAP_S = 60.0  # ... but never less than a minute: a short poll interval is not a long gap
+# A lifetime counter rising faster than this is a glitch until confirmed: far above any Renogy
+# controller or DC-DC charger (100 A at 48 V is under 5 kW).
+MAX_COUNTER_KW = 20.0
 
 
 @dataclass
@@ -56,9 +68,20 @@ class Meter:
     wh: dict[str, float] = field(default_factory=dict)
     at: float | None = None  # wall-clock time of the last reading (survives restarts)
     power: dict[str, float] = field(default_factory=dict)  # source field -> W at ``at``
+    # lifetime counters of the device: last accepted reading, offset carried over resets, time
+    raw: dict[str, float] = field(default_factory=dict)
+    offset: dict[str, float] = field(default_factory=dict)
+    raw_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"wh": self.wh, "at": self.at, "power": self.power}
+        return {
+            "wh": self.wh,
+            "at": self.at,
+            "power": self.power,
+            "raw": self.raw,
+            "offset": self.offset,
+            "raw_at": self.raw_at,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Meter:
@@ -67,8 +90,17 @@ class Meter:
             raise ValueError("not an object")
         wh = {k: float(v) for k, v in (data.get("wh") or {}).items() if _good(v) and v >= 0}
         power = {k: float(v) for k, v in (data.get("power") or {}).items() if _good(v)}
-        at = data.get("at")
-        return cls(wh=wh, at=float(at) if _good(at) else None, power=power)
+        raw = {k: float(v) for k, v in (data.get("raw") or {}).items() if _good(v) and v >= 0}
+        offset = {k: float(v) for k, v in (data.get("offset") or {}).items() if _good(v) and v >= 0}
+        at, raw_at = data.get("at"), data.get("raw_at")
+        return cls(
+            wh=wh,
+            at=float(at) if _good(at) else None,
+            power=power,
+            raw=raw,
+            offset=offset,
+            raw_at=float(raw_at) if _good(raw_at) else None,
+        )
 
 
 def _good(value: Any) -> bool:
@@ -86,6 +118,7 @@ class EnergyMeters:
         self._committed: dict[str, Meter] = {}
         self._dirty = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._held: dict[tuple[str, str], float] = {}  # (unit, field) -> reading waiting for confirmation
 
     # -- loading and committing ---------------------------------------------------------------
 
@@ -177,8 +210,68 @@ class EnergyMeters:
 
     def forget(self, key: str) -> None:
         """The unit was removed: its counters go with it."""
+        self._held = {k: v for k, v in self._held.items() if k[0] != key}
         if self._working.pop(key, None) is not None:
             self._dirty.set()
+
+    # -- the device's own lifetime counters ---------------------------------------------------
+
+    def carry(self, key: str, counters: list[Field], values: Values) -> None:
+        """Replace the lifetime counters in ``values`` (one good reading of unit ``key``) with
+        what may be published: never below what was published before (see the module doc)."""
+        if not counters:
+            return
+        now = self._clock()
+        meter = self._working.setdefault(key, Meter())
+        elapsed = now - meter.raw_at if meter.raw_at is not None else 0.0
+        accepted = False
+        for f in counters:
+            reading = values.get(f.key)
+            if not _has(values, f.key):
+                continue
+            if self._accept(key, meter, f, float(reading), elapsed):
+                accepted = True
+            last = meter.raw.get(f.key)
+            if last is not None:
+                values[f.key] = round(last + meter.offset.get(f.key, 0.0), 6)
+        if accepted:
+            meter.raw_at = now
+            self._dirty.set()
+
+    def _accept(self, key: str, meter: Meter, f: Field, reading: float, elapsed: float) -> bool:
+        """Take ``reading`` as the counter's new raw value, or hold it back; True if taken."""
+        last = meter.raw.get(f.key)
+        step = _max_step(f, elapsed)
+        if last is None or last <= reading <= last + step:
+            self._held.pop((key, f.key), None)
+            meter.raw[f.key] = reading
+            return True
+        held = self._held.get((key, f.key))
+        if held is None or not held <= reading <= held + step:
+            self._held[(key, f.key)] = reading
+            _LOGGER.info(
+                "%s: %s went from %s to %s %s; held back until the next reading confirms it",
+                key,
+                f.key,
+                last,
+                reading,
+                f.unit,
+            )
+            return False
+        del self._held[(key, f.key)]
+        if reading < last:
+            meter.offset[f.key] = meter.offset.get(f.key, 0.0) + last
+            _LOGGER.warning(
+                "%s: the device's %s counter restarted (%s -> %s %s); the published total continues from %s",
+                key,
+                f.key,
+                last,
+                reading,
+                f.unit,
+                round(meter.offset[f.key], 6),
+            )
+        meter.raw[f.key] = reading
+        return True
 
 
 def _has(values: Mapping[str, Any], key: str | None) -> bool:
@@ -199,6 +292,12 @@ def _trapezoid(p0: float, p1: float, seconds: float, direction: int) -> float:
         return 0.0
     crossing = a / (a - b)  # fraction of the interval at which the power is 0
     return (a * crossing if a > 0 else b * (1 - crossing)) / 2 * hours
+
+
+def _max_step(f: Field, seconds: float) -> float:
+    """The most a lifetime counter can plausibly rise in ``seconds`` (at least a minute's worth)."""
+    kwh = MAX_COUNTER_KW * max(seconds, 60.0) / 3600.0
+    return kwh * 1000.0 if f.unit == "Wh" else kwh
 
 
 def max_gap_for(poll_interval: float) -> float:

@@ -261,10 +261,12 @@ class Gateway:
     # ================================================================== scheduler listener
 
     def on_values(self, unit: Unit) -> None:
-        if unit.device is not None and (counters := unit.device.energy_fields()):
-            self.energy.record(unit.key, counters, unit.values)
-            # what is on disk only: a published counter never has to go back down (energy.py)
-            unit.values.update(self.energy.published(unit.key, counters))
+        if (device := unit.device) is not None:
+            self.energy.carry(unit.key, device.lifetime_counters(), unit.values)
+            if counters := device.energy_fields():
+                self.energy.record(unit.key, counters, unit.values)
+                # what is on disk only: a published counter never has to go back down (energy.py)
+                unit.values.update(self.energy.published(unit.key, counters))
         self.publisher.state(unit)
         self.publisher.discovery(unit, prune=True)
         self._devices_dirty = True

@@ -39,7 +39,15 @@ sheet) and, for inverters, from the open-source readers that captured them. Wher
   (34 Ah today at 12.9 V against 432 "units") all point to watt-hours. Daily counters are
   published in Wh, lifetime totals converted exactly to kWh (3 decimals); both are
   `energy` / `total_increasing`, ready for the Energy dashboard. Daily counters reset at midnight,
-  which `total_increasing` treats as a meter reset.
+  which `total_increasing` treats as a meter reset. Lifetime totals are the device's own counters;
+  the gateway only holds back a single reading that goes down or jumps impossibly high, and
+  carries a confirmed reset forward so the published total never goes down.
+- **Inverter energy statistics (4501–4567, protocol V1.8) are not read.** No reader uses them over
+  Bluetooth, the document gives "1AH" as the unit of energy values, and Ah where Wh is meant. The
+  inverter's AC output, AC input, solar and battery energy are integrated by the gateway from
+  its power readings instead (AC input power = voltage × current, an apparent power).
+- **Battery, Smart Shunt: no energy counter exists** (BMS V1.7 table; no counter found in the shunt
+  frame): energy charged and discharged are integrated by the gateway from the power.
 - **Controller temperatures are sign-magnitude bytes** (bit 7 = below zero), as the DOCX, CC V1.7
   and solarthing say. Two's complement gives the "-1 °C shown as -127 °C" bug users reported,
   unsigned parsing the "129 °C" one. Battery (BMS) temperatures and current are two's complement

@@ -85,6 +85,7 @@ def energy_kwh(key: str, reg: int, description: str) -> Field:
         state_class="total_increasing",
         precision=3,
         description=description,
+        lifetime=True,
     )
 
 

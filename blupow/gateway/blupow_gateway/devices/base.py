@@ -123,6 +123,11 @@ class Field:
     # positive part (charging), -1 its negative part (discharging).
     integrates: str | None = None
     direction: int = 1
+    # An energy counter the device keeps for its lifetime (kWh or Wh). Home Assistant reads any
+    # drop of a total_increasing value as a meter reset and counts the whole value again, so the
+    # gateway holds back a drop or an impossible jump until the next reading confirms it and
+    # carries a confirmed reset forward (energy.LifetimeCounters).
+    lifetime: bool = False
     # Stream devices (DeviceProtocol.NOTIFY_STREAM): the value sits at ``frame_offset`` in a
     # notified frame, ``frame_bytes`` big-endian bytes, two's complement when ``signed``.
     # A raw value equal to ``no_value`` means "not fitted" (no value). Outside ``limits`` the
@@ -146,6 +151,8 @@ class Field:
             )
         if self.direction not in (1, -1):
             raise ValueError(f"field {self.key}: direction must be 1 or -1")
+        if self.lifetime and self.unit not in ("kWh", "Wh"):
+            raise ValueError(f"field {self.key}: a lifetime counter counts kWh or Wh")
         if self.frame_offset is not None and not 1 <= self.frame_bytes <= 4:
             raise ValueError(f"field {self.key}: a frame field needs frame_bytes 1..4")
 
@@ -556,6 +563,10 @@ class BaseDevice:
     def energy_fields(self) -> list[Field]:
         """The counters the gateway integrates for this device (energy.py), not decoded."""
         return [f for f in self.active_fields() if f.integrates is not None]
+
+    def lifetime_counters(self) -> list[Field]:
+        """The device's own lifetime energy counters, guarded against glitches (energy.py)."""
+        return [f for f in self.active_fields() if f.lifetime]
 
     def diagnostics(self) -> dict[str, int]:
         """Counters about the data this unit sent (none for Modbus drivers); see ``Reading.diagnostics``."""

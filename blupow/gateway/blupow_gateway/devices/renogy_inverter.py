@@ -80,6 +80,30 @@ class RenogyInverter(BaseDevice):
             "charging_status", 4332, options=CHARGING_STATUS, icon="mdi:battery-charging", description="Charger stage"
         ),
         power("charging_power", 4333, "Battery charging power"),
+        Field(
+            "battery_power",
+            None,
+            compute=lambda v: v["battery_voltage"] * v["charging_current"],
+            unit="W",
+            device_class="power",
+            state_class="measurement",
+            precision=0,
+            description="Battery power, positive while charging (derived: battery voltage x charging current)",
+        ),
+        Field(
+            "ac_input_power",
+            None,
+            compute=lambda v: v["ac_input_voltage"] * v["ac_input_current"],
+            unit="W",
+            device_class="power",
+            state_class="measurement",
+            precision=0,
+            name="AC input power",
+            description=(
+                "Power taken from the AC input (derived: voltage x current, which is the apparent power: "
+                "a little above the real power when the load's power factor is poor)"
+            ),
+        ),
         # 4408 load current: x0.1 A in renogy-bt and renogy-ble's RIV4835 path,
         # x0.01 A in renogy-ble's generic path; two sources against one, and the
         # x0.1 reading keeps load_current x ac_output_voltage close to the
@@ -87,11 +111,29 @@ class RenogyInverter(BaseDevice):
         current("load_current", 4408, "Load current", scale=0.1),
         power("load_active_power", 4409, "Load active power"),
         power("load_apparent_power", 4410, "Load apparent power", unit="VA", device_class="apparent_power"),
-        # The V1.8 statistics registers (4501-4567) are read by no peer over BLE yet: integrate.
+        # The V1.8 statistics registers (4501-4567) are read by no peer over BLE yet, and their units
+        # are in doubt (renogy-hub-and-shunt.md §3.1): the gateway integrates the power instead.
         integrated_energy(
             "load_energy", "load_active_power", 1, "Energy delivered to the AC load", name="AC output energy"
         ),
         integrated_energy("solar_energy", "solar_power", 1, "Solar energy into the inverter", name="Solar energy"),
+        integrated_energy(
+            "ac_input_energy",
+            "ac_input_power",
+            1,
+            "Energy taken from the AC input: grid, shore power or a generator",
+            name="AC input energy",
+        ),
+        integrated_energy(
+            "battery_charge_energy", "battery_power", 1, "Energy into the battery", name="Battery charge energy"
+        ),
+        integrated_energy(
+            "battery_discharge_energy",
+            "battery_power",
+            -1,
+            "Energy out of the battery",
+            name="Battery discharge energy",
+        ),
         current("line_charging_current", 4412, "Charging current from the AC line", scale=0.1),
         Field(
             "load_percentage",

@@ -97,16 +97,19 @@ class SimulatedInverter(SimulatedDevice):
         out_a = va / out_v
         in_v = 121.5 if self.shore_power else 0.0
         in_a = (va + line / EFFICIENCY) / in_v if in_v else 0.0
-        self.put(4000, in_v, 0.1, key="ac_input_voltage")
-        self.put(4001, in_a, 0.01, key="ac_input_current")
+        stored_in_v = self.put(4000, in_v, 0.1, key="ac_input_voltage")
+        stored_in_a = self.put(4001, in_a, 0.01, key="ac_input_current")
         self.put(4002, out_v, 0.1, key="ac_output_voltage")
         self.put(4003, out_a, 0.01, key="ac_output_current")
         self.put(4004, 60.0, 0.01, key="ac_output_frequency")
-        self.put(4005, battery_v, 0.1, key="battery_voltage")
+        stored_battery_v = self.put(4005, battery_v, 0.1, key="battery_voltage")
         self.put(4006, self.ambient(t) + 8 + va / 150.0, 0.1, signed=True, key="temperature")
         self.put(4009, 60.02 if self.shore_power else 0.0, 0.01, key="ac_input_frequency")
         self.put(4327, self.soc, key="battery_soc")
-        self.put(4328, net, 0.1, signed=True, key="charging_current")
+        stored_net = self.put(4328, net, 0.1, signed=True, key="charging_current")
+        # what the gateway derives, from the values it reads
+        self.truth["battery_power"] = round(stored_battery_v * stored_net)
+        self.truth["ac_input_power"] = round(stored_in_v * stored_in_a)
         sunlight = self.solar(t)
         solar_v = (36.0 + 3.0 * sunlight if solar > 0 else 43.0) if sunlight > 0 else 0.0
         self.put(4329, solar_v, 0.1, key="solar_voltage")
@@ -115,7 +118,8 @@ class SimulatedInverter(SimulatedDevice):
         status = self.charging_status(solar + line)
         self.put(4332, status)
         self.truth["charging_status"] = STATUS_NAMES[status]
-        self.put(4333, solar + line, key="charging_power")
+        # the power going into the battery: what is left of solar and line charging after the load
+        self.put(4333, max(0.0, stored_net) * stored_battery_v, key="charging_power")
         self.put(4408, out_a, 0.1, key="load_current")
         self.put(4409, va * self.power_factor, key="load_active_power")
         self.put(4410, va, key="load_apparent_power")
