@@ -21,6 +21,7 @@ from .procs import StackError, port_open
 from .stack import ROOT, Stack, StackOptions
 
 STATE_DIR = ROOT / ".develop"
+FIRST_HOUR_ENDS_IN = 300  # s after the start: the demo's Energy dashboard has an hour of numbers
 MARKER = ".blupow-develop"
 
 
@@ -34,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--username", default="blupow", help="Home Assistant login (default blupow)")
     parser.add_argument("--password", help="Home Assistant password (default: a new random one)")
     parser.add_argument("--frozen", action="store_true", help="simulated values stay constant")
+    parser.add_argument(
+        "--real-clock",
+        action="store_true",
+        help="keep Home Assistant on the machine's clock (by default it runs ahead so that an hour ends "
+        f"{FIRST_HOUR_ENDS_IN // 60} minutes after the start: the Energy dashboard draws completed hours only)",
+    )
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR, help="where everything is kept (.develop)")
     return parser
 
@@ -48,6 +55,16 @@ def _stop_on_signal(signum: int, _frame: FrameType | None) -> None:
 def _shown(path: Path) -> str:
     """A path relative to the repository when it is inside it."""
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _clock_lines(stack: Stack) -> list[str]:
+    if stack.hour_ends is None:
+        return []
+    ends = time.strftime("%H:%M", time.localtime(stack.hour_ends - stack.ha_ahead))
+    return [
+        f"  Energy:          Home Assistant's clock runs {stack.ha_ahead / 60:.0f} min ahead, so the Energy dashboard",
+        f"                   shows its first hour at {ends} (it draws completed hours; --real-clock to turn off)",
+    ]
 
 
 def _banner(stack: Stack, password_file: Path) -> str:
@@ -65,6 +82,7 @@ def _banner(stack: Stack, password_file: Path) -> str:
         units = ", ".join(f"{t} #{i}" for i, t in module.units.items())
         lines.append(f"    {module.mac}  one Communication Hub carrying {units} (and a Battery bank device)")
     lines += [
+        *_clock_lines(stack),
         f"  Logs:            {_shown(stack.logs_dir)}/ and {_shown(stack.ha_log)}",
         f"  Simulator:       control socket {_shown(stack.sim.socket_path)} (JSON lines, see blupow-sim --help)",
         "  Ctrl-C stops everything.",
@@ -91,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         ha_port=args.port,
         poll_interval=args.poll_interval,
         frozen=args.frozen,
+        ha_hour_ends_in=None if args.real_clock else FIRST_HOUR_ENDS_IN,
         gateway_log_level="info",
         username=args.username,
         **({"password": args.password} if args.password else {}),

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,9 @@ class StackOptions:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     display_name: str = "BluPow Demo"
     ha_birth_delay: str = "0.5,1.5"  # seconds before the gateway republishes on HA's birth message
+    # Home Assistant's clock moved ahead (libfaketime) so that an hour ends this many seconds after
+    # the stack is created: its Energy dashboard draws completed hours only. None: the machine's clock.
+    ha_hour_ends_in: float | None = None
 
 
 # ================================================================================ broker
@@ -307,6 +311,13 @@ class Stack:
         self.ha_port = options.ha_port or free_port()
         self.ha_url = f"http://127.0.0.1:{self.ha_port}"
         self.api = HomeAssistantAPI(self.ha_url)
+        # seconds Home Assistant's clock is ahead, and when (on it) the chosen hour ends
+        self.ha_ahead = 0.0
+        self.hour_ends: float | None = None
+        if options.ha_hour_ends_in is not None:
+            ends = time.time() + options.ha_hour_ends_in
+            self.ha_ahead = (3600 - ends % 3600) % 3600 or 3600.0
+            self.hour_ends = ends + self.ha_ahead
         self.broker: Broker | None = None
         self.ha_mqtt_password = secrets.token_urlsafe(16)
         self.sim: Simulator | None = None
@@ -478,6 +489,32 @@ class Stack:
 
     # -- Home Assistant -----------------------------------------------------------------------
 
+    # -- Home Assistant's clock --------------------------------------------------------------------
+
+    def ha_time(self) -> float:
+        """Now on Home Assistant's clock (seconds since the epoch)."""
+        return time.time() + self.ha_ahead
+
+    def ha_now(self) -> datetime:
+        return datetime.fromtimestamp(self.ha_time(), UTC)
+
+    def _ha_clock_env(self) -> dict[str, str]:
+        """libfaketime for Home Assistant alone, the monotonic clock left real (faked, it hangs
+        thread waits); the other processes keep the machine's clock (Chromium does not start under
+        the library, and the test harness's own sleeps would need the same care)."""
+        if not self.ha_ahead:
+            return {}
+        lib = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))), None)
+        if lib is None:
+            raise StackError("libfaketime is missing: scripts/setup system installs the faketime package")
+        return {
+            "LD_PRELOAD": str(lib),
+            "FAKETIME": f"+{self.ha_ahead:.0f}",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            # time.sleep waits another way under it (moved_clock/sitecustomize.py says why)
+            "PYTHONPATH": str(Path(__file__).parent / "moved_clock"),
+        }
+
     def _start_home_assistant(self) -> None:
         write_ha_config(self.ha_config, self.ha_port, self.options.ha_log_level)
         env = {
@@ -487,6 +524,7 @@ class Stack:
             "PIP_CONFIG_FILE": os.devnull,
             "PIP_NO_INDEX": "1",
         }
+        env.update(self._ha_clock_env())
         self.home_assistant = Process(
             "home-assistant",
             [str(HA_PYTHON), "-m", "homeassistant", "--config", str(self.ha_config), "--log-no-color"],
@@ -695,7 +733,8 @@ class Stack:
     def energy_sensors(self, timeout: float = DISCOVERY_TIMEOUT) -> dict[str, str]:
         """Every energy counter the one-step Energy dashboard set-up uses (integration energy.py):
         solar (the controller's own counter, the inverter's integrated one), energy into and out of
-        the battery (integrated by the gateway) and the DC and AC loads."""
+        the battery (integrated by the gateway), the inverter's AC input as the grid and the DC and
+        AC loads."""
         assert self.sim is not None
         controller = self.sim.device("renogy_charge_controller")
         battery = self.sim.device("renogy_battery")
@@ -707,6 +746,7 @@ class Stack:
             "battery_to": (battery.mac, f"blupow_{battery.topic_id}_charge_energy"),
             "load": (controller.mac, f"blupow_{controller.topic_id}_power_consumption_total"),
             "ac_load": (inverter.mac, f"blupow_{inverter.topic_id}_load_energy"),
+            "grid": (inverter.mac, f"blupow_{inverter.topic_id}_ac_input_energy"),
         }
 
         def find() -> dict[str, str] | None:
@@ -731,6 +771,19 @@ class Stack:
                     "type": "battery",
                     "stat_energy_from": sensors["battery_from"],
                     "stat_energy_to": sensors["battery_to"],
+                },
+                {
+                    "type": "grid",
+                    "flow_from": [
+                        {
+                            "stat_energy_from": sensors["grid"],
+                            "stat_cost": None,
+                            "entity_energy_price": None,
+                            "number_energy_price": None,
+                        }
+                    ],
+                    "flow_to": [],
+                    "cost_adjustment_day": 0.0,
                 },
             ],
             "device_consumption": [{"stat_consumption": sensors["load"]}, {"stat_consumption": sensors["ac_load"]}],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -533,7 +534,7 @@ def test_broker_then_gateway_restart_loses_nothing(stack: Stack, added: dict[str
         stack.monitor.wait_topic(f"{BASE_TOPIC}/{device.topic_id}/state", RECOVERY_TIMEOUT, since)
         wait_states_match(stack, device, RECOVERY_TIMEOUT)
 
-    restarted_at = datetime.now(UTC)
+    restarted_at = stack.ha_now()
     stack.stop_gateway()
     wait_until(
         lambda: all(state_of(stack, s) == "unavailable" for s in sensors.values()),
@@ -583,7 +584,7 @@ def test_energy_validation_clean_once_statistics_exist(stack: Stack, added: dict
     :05:10 ...); until the first compile since the sensors appeared, energy/validate reports
     "statistics_not_defined" for them. By now that compile has usually happened; otherwise wait for
     it (bounded). Then energy/validate must report nothing at all."""
-    now = datetime.now(UTC)
+    now = stack.ha_now()
     next_compile = now.replace(second=10, microsecond=0) + timedelta(minutes=5 - now.minute % 5)
     timeout = (next_compile - now).total_seconds() + 60
     started = time.monotonic()
@@ -600,6 +601,61 @@ def test_energy_validation_clean_once_statistics_exist(stack: Stack, added: dict
         raise AssertionError(f"{exc}; energy issues: {issues}") from exc
     assert not issues, issues
     print(f"waited {time.monotonic() - started:.0f} s for the statistics compile")
+
+
+HOUR_COMPILE_GRACE = 20.0  # Home Assistant compiles an hour's statistics 10 s after it ends
+KWH = re.compile(r"(-?\d+(?:[.,]\d+)?)\s*kWh")  # the dashboard shows energy into the battery as negative
+
+
+def hour_changes(stack: Stack, sensors: dict[str, str], ends: float) -> dict[str, float]:
+    """The energy each counter added in the hour that ended at ``ends``, as Home Assistant's
+    long-term statistics have it (what the Energy dashboard draws)."""
+    iso = {k: datetime.fromtimestamp(t, UTC).isoformat() for k, t in (("start", ends - 3600), ("end", ends))}
+    found = stack.api.ws(
+        "recorder/statistics_during_period",
+        start_time=iso["start"],
+        end_time=iso["end"],
+        statistic_ids=list(sensors.values()),
+        period="hour",
+        types=["change"],
+    )
+    return {role: sum(row.get("change") or 0.0 for row in found.get(eid, [])) for role, eid in sensors.items()}
+
+
+def test_energy_dashboard_shows_the_hour_in_the_browser(
+    stack: Stack, added: dict[str, dict[str, Any]], artifacts: Path
+) -> None:
+    """The Energy dashboard in headless Chromium shows the hour the simulated system just ran
+    through, with real numbers. Its charts draw completed hours only, compiled 10 s after the hour
+    ends; the stack moves Home Assistant's clock so that an hour ends a few minutes into the run
+    (conftest.HOUR_ENDS_IN)."""
+    ends = stack.hour_ends
+    assert ends is not None, "the stack was started without ha_hour_ends_in"
+    sensors = stack.energy_sensors()
+    waited = max(0.0, ends + HOUR_COMPILE_GRACE - stack.ha_time())
+    print(f"waiting {waited:.0f} s for the hour to end on Home Assistant's clock")
+    time.sleep(waited)
+    changes: dict[str, float] = {}
+
+    def compiled() -> bool:
+        nonlocal changes
+        changes = hour_changes(stack, sensors, ends)
+        return changes["ac_load"] > 0
+
+    wait_until(compiled, 120, "the hour's statistics", 5.0)
+    print(f"energy in the hour that ended during the run (kWh): {changes}")
+    # what the devices did in that hour: the inverter ran its load, the battery moved energy
+    assert changes["ac_load"] > 0 and changes["battery_from"] + changes["battery_to"] > 0, changes
+    assert changes["solar"] + changes["inverter_solar"] > 0, changes  # the simulated sun was up
+    assert all(change >= 0 for change in changes.values()), changes  # counters never went back
+
+    tokens = HomeAssistantAPI(stack.ha_url).login(stack.options.username, stack.options.password)
+    shot = artifacts / "energy-dashboard.png"
+    log = stack.logs_dir / "chromium-energy-dashboard.log"
+    text = screenshot_logged_in(stack.ha_url, tokens, "/energy", shot, ("Solar production", "kWh"), log)
+    shown = [float(v.replace(",", ".")) for v in KWH.findall(text)]
+    assert any(v != 0 for v in shown), f"the Energy dashboard shows no energy: {text[:2000]}"
+    assert "Translation Error" not in text
 
 
 # ERROR lines that come from running Home Assistant offline, not from BluPow: onboarding's weather
