@@ -30,7 +30,7 @@ _state: dict[str, Any] = {"stack": None, "timings": {}}
 
 # An hour ends on Home Assistant's clock this long after the stack starts, once every device has
 # been counting energy for a few minutes: test_energy_dashboard_shows_the_hour_in_the_browser.
-HOUR_ENDS_IN = float(os.environ.get("BLUPOW_E2E_HOUR_ENDS_IN", "420"))
+HOUR_ENDS_IN = float(os.environ.get("BLUPOW_E2E_HOUR_ENDS_IN", "300"))
 
 
 @pytest.fixture(scope="session")
