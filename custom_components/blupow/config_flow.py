@@ -45,6 +45,7 @@ from .const import (
     CONF_VARIANT,
     DOMAIN,
     SCAN_SECONDS,
+    TYPE_LABELS,
     TYPE_WORDS,
 )
 from .gateway import (
@@ -157,6 +158,8 @@ class BluPowOptionsFlow(OptionsFlow):
         self._add_input: dict[str, Any] = {}  # last add form input (or scan pick), to prefill the form
         self._found: list[dict[str, Any]] = []
         self._probe: dict[str, Any] = {}  # the probe_module answer of the module picked after a scan
+        self._removal_choice: str | None = None  # the remove form's pick, until it is confirmed
+        self._removal_name = ""  # its name: the gateway's answer to remove_device carries none
 
     # -- navigation ----------------------------------------------------------------------------
 
@@ -226,11 +229,10 @@ class BluPowOptionsFlow(OptionsFlow):
         schema = vol.Schema(
             {
                 vol.Required(CONF_MAC_ADDRESS): TextSelector(),
-                vol.Required(CONF_TYPE): SelectSelector(
-                    SelectSelectorConfig(
-                        options=[SelectOptionDict(value=t["type"], label=t["type"]) for t in gateway.supported_types],
-                        mode=SelectSelectorMode.DROPDOWN,
-                    )
+                # optional for the form, required by _add_payload: a required select is pre-filled
+                # with its first option by the frontend, and no type is a safe guess
+                vol.Optional(CONF_TYPE): SelectSelector(
+                    SelectSelectorConfig(options=_type_options(gateway), mode=SelectSelectorMode.DROPDOWN)
                 ),
                 vol.Optional(CONF_NAME): TextSelector(),
                 vol.Optional(CONF_MODBUS_ID): NumberSelector(
@@ -355,35 +357,49 @@ class BluPowOptionsFlow(OptionsFlow):
             return self._abort_offline()
         if user_input is None:
             return self._show_remove_form(gateway)
-        value = user_input[CONF_MAC_ADDRESS]
+        value = str(user_input.get(CONF_MAC_ADDRESS) or "")
+        if value not in {option["value"] for option in _removal_options(gateway.devices)}:
+            return self._show_remove_form(gateway, {CONF_MAC_ADDRESS: "pick_device"})
+        self._removal_choice = value
+        return await self.async_step_remove_confirm()
+
+    async def async_step_remove_confirm(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Say what goes, in words, before anything is removed."""
+        if self._task is not None:
+            return self._progress()
+        if (gateway := self._current_gateway()) is None:
+            return self._abort_offline()
+        value = self._removal_choice
+        options = {option["value"]: option["label"] for option in _removal_options(gateway.devices)}
+        if value is None or value not in options:  # removed meanwhile (another dialog, the add-on)
+            return self._show_remove_form(gateway)
+        if user_input is None:
+            what = options[value]
+            if value.startswith(MODULE_PREFIX):  # "All 3 devices on …" inside a sentence
+                what = what[0].lower() + what[1:]
+            return self.async_show_form(
+                step_id="remove_confirm", description_placeholders=self._placeholders({"device": what})
+            )
         if value.startswith(MODULE_PREFIX):
             mac = value.removeprefix(MODULE_PREFIX)
             batch = [
-                (_device_label(device), _removal(gateway.devices, _unit_value(gateway.devices, device)))
+                (_device_label(device, True), _removal(gateway.devices, _unit_value(gateway.devices, device)))
                 for device in _removable(gateway.devices)
                 if device["mac_address"] == mac
             ]
             return self._start("remove_units", {CONF_MAC_ADDRESS: mac}, batch)
+        removing = next((d for d in gateway.devices if _unit_value(gateway.devices, d) == value), {})
+        self._removal_name = str(removing.get(CONF_NAME) or "")
         return self._start("remove_device", _removal(gateway.devices, value))
 
     def _show_remove_form(
         self, gateway: Gateway, errors: dict[str, str] | None = None, placeholders: dict[str, str] | None = None
     ) -> FlowResult:
-        removable = _removable(gateway.devices)
-        if not removable:
+        options = _removal_options(gateway.devices)
+        if not options:
             return self.async_abort(reason="no_removable_devices", description_placeholders=self._placeholders())
-        options: list[SelectOptionDict] = []
-        for mac in dict.fromkeys(device["mac_address"] for device in removable):  # modules, in list order
-            units = [device for device in removable if device["mac_address"] == mac]
-            if len(units) > 1:  # a bank or a hub: all of it at once, or one unit
-                names = ", ".join(str(device.get("name") or device.get("modbus_id")) for device in units)
-                label = f"All {len(units)} devices on {mac} ({names})"
-                options.append(SelectOptionDict(value=f"{MODULE_PREFIX}{mac}", label=label))
-            options += [
-                SelectOptionDict(value=_unit_value(gateway.devices, device), label=_device_label(device))
-                for device in units
-            ]
-        schema = vol.Schema({vol.Required(CONF_MAC_ADDRESS): SelectSelector(SelectSelectorConfig(options=options))})
+        # optional for the form (nothing pre-selected: removing is not undone), checked on submit
+        schema = vol.Schema({vol.Optional(CONF_MAC_ADDRESS): SelectSelector(SelectSelectorConfig(options=options))})
         return self.async_show_form(
             step_id="remove_device",
             data_schema=schema,
@@ -542,10 +558,13 @@ class BluPowOptionsFlow(OptionsFlow):
             record = request.data
             mac = str(record.get(CONF_MAC_ADDRESS) or request.payload[CONF_MAC_ADDRESS])
             reason = "device_added" if request.command == "add_device" else "device_removed"
+            known = self._removal_name if request.command == "remove_device" else ""
+            name = str(record.get(CONF_NAME) or known or mac)
             return self.async_abort(
                 reason=reason,
                 description_placeholders=self._placeholders(
-                    {CONF_MAC_ADDRESS: mac, CONF_NAME: str(record.get(CONF_NAME) or mac)}
+                    # the device named once: "Van DCC (C4:…)", or the address alone when it has no name
+                    {CONF_MAC_ADDRESS: mac, CONF_NAME: name, "device": mac if name == mac else f"{name} ({mac})"}
                 ),
             )
         if gateway is None:
@@ -643,7 +662,7 @@ class BluPowOptionsFlow(OptionsFlow):
 # Every {placeholder} of the options texts in strings.json (a test checks the list is complete).
 PLACEHOLDERS = (
     "gateway_id", "error", "timeout", "seconds", "mac_address", "name", "count", "summary", "added",
-    "names", "failed", "bank", "banks", "plan",
+    "names", "failed", "bank", "banks", "plan", "device",
 )  # fmt: skip
 
 
@@ -651,6 +670,9 @@ def _add_payload(
     gateway: Gateway, user_input: dict[str, Any], errors: dict[str, str], placeholders: dict[str, str]
 ) -> dict[str, Any] | None:
     """Validate the add form; fill `errors` and return None, or return the add_device payload."""
+    if not user_input.get(CONF_TYPE):
+        errors[CONF_TYPE] = "type_required"
+        return None
     payload: dict[str, Any] = {CONF_TYPE: user_input[CONF_TYPE]}
     mac = normalize_mac(user_input[CONF_MAC_ADDRESS])
     if mac is None:
@@ -755,9 +777,42 @@ def _removable(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [device for device in devices if device.get("origin") != "options"]
 
 
-def _device_label(device: dict[str, Any]) -> str:
-    """`Inverter (D8:B6:73:BF:4F:75, renogy_inverter)`."""
-    return f"{device.get('name') or device['mac_address']} ({device['mac_address']}, {device.get('type', '?')})"
+def _type_options(gateway: Gateway) -> list[SelectOptionDict]:
+    """The gateway's types as words, in TYPE_LABELS order; a type this integration does not know
+    (a newer gateway) after them, by its key."""
+    known = [t["type"] for t in gateway.supported_types if isinstance(t.get("type"), str)]
+    ordered = [t for t in TYPE_LABELS if t in known] + [t for t in known if t not in TYPE_LABELS]
+    return [SelectOptionDict(value=t, label=TYPE_LABELS.get(t, t)) for t in ordered]
+
+
+def _device_label(device: dict[str, Any], shared: bool = False) -> str:
+    """`Inverter (inverter, D8:B6:73:BF:4F:75)`; `Battery 3D10 #49 (battery, C4:…, Modbus id 49)` for a
+    unit of a shared module; a device without a name of its own is named by its type."""
+    mac = device["mac_address"]
+    words = TYPE_WORDS.get(device.get("type") or "", device.get("type") or "device")
+    where = f"{mac}, Modbus id {device.get('modbus_id')}" if shared and device.get("modbus_id") is not None else mac
+    name = str(device.get("name") or "")
+    if not name or name == mac:
+        return f"{words} ({where})"
+    return f"{name} ({words.lower()}, {where})"
+
+
+def _removal_options(devices: list[dict[str, Any]]) -> list[SelectOptionDict]:
+    """What the remove form lists: each removable device and, for a module carrying several, all of
+    them at once first."""
+    removable = _removable(devices)
+    options: list[SelectOptionDict] = []
+    for mac in dict.fromkeys(device["mac_address"] for device in removable):  # modules, in list order
+        units = [device for device in removable if device["mac_address"] == mac]
+        if len(units) > 1:  # a bank or a hub: all of it at once, or one unit
+            names = ", ".join(str(device.get("name") or device.get("modbus_id")) for device in units)
+            label = f"All {len(units)} devices on {mac} ({names})"
+            options.append(SelectOptionDict(value=f"{MODULE_PREFIX}{mac}", label=label))
+        options += [
+            SelectOptionDict(value=_unit_value(devices, device), label=_device_label(device, len(units) > 1))
+            for device in units
+        ]
+    return options
 
 
 def _shares_module(devices: list[dict[str, Any]], device: dict[str, Any]) -> bool:

@@ -26,6 +26,17 @@ TYPE_WORDS: Final = {
     "generic_modbus": "Modbus device",
 }
 
+# What the add form offers, in this order: a person picks the family by the product names they know.
+# A generic Modbus device needs a JSON description: it comes last, for those who mean it.
+TYPE_LABELS: Final = {
+    "renogy_charge_controller": "Charge controller: Rover, Wanderer, Adventurer",
+    "renogy_battery": "Battery: Renogy smart lithium (RBT…, RNGRBP…)",
+    "renogy_dcc": "DC-DC charger: DCC30S, DCC50S (with or without solar input)",
+    "renogy_inverter": "Inverter or inverter/charger: RIV…, REGO",
+    "renogy_shunt": "Smart Shunt 300",
+    "generic_modbus": "Other Modbus device (described in JSON)",
+}
+
 CONF_GATEWAY_ID: Final = "gateway_id"
 CONF_MAC_ADDRESS: Final = "mac_address"
 CONF_TYPE: Final = "type"

@@ -701,12 +701,15 @@ class Stack:
         return result
 
     def remove_device(self, mac: str) -> dict[str, Any]:
-        """Configure -> Remove device -> pick it -> progress -> the gateway's answer."""
+        """Configure -> Remove device -> pick it -> confirm -> progress -> the gateway's answer."""
         menu = self.options_flow_menu()
         form = self.api.configure_flow(menu["flow_id"], {"next_step_id": "remove_device"}, options=True)
         if form.get("type") != "form" or form.get("step_id") != "remove_device":
             raise HAError(f"the remove-device form did not open: {form!r}")
-        result = self.api.configure_flow(form["flow_id"], {"mac_address": mac}, options=True)
+        confirm = self.api.configure_flow(form["flow_id"], {"mac_address": mac}, options=True)
+        if confirm.get("type") != "form" or confirm.get("step_id") != "remove_confirm":
+            raise HAError(f"the removal was not put to confirmation: {confirm!r}")
+        result = self.api.configure_flow(confirm["flow_id"], {}, options=True)
         return self.api.finish_progress(result, options=True)
 
     def add_all_devices(self) -> dict[str, dict[str, Any]]:

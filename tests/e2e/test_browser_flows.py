@@ -102,15 +102,18 @@ def test_browser_scan_then_add_the_hub(stack: Stack, dialog: FlowDialog) -> None
 
 
 def test_browser_add_by_address_rejects_a_wrong_address(stack: Stack, dialog: FlowDialog) -> None:
-    """Flow B: a Bluetooth address that is not one is refused in words, on the form, which keeps it."""
+    """Flow B: no type is guessed for the user, and a Bluetooth address that is not one is refused
+    in words, on the form, which keeps what was typed."""
     dialog.open_options(stack.ha_url, "blupow")
     dialog.expect("menu", ADD)
     dialog.choose_menu(ADD)
     dialog.expect("form", "Bluetooth address", "Device type")
     dialog.fill("Bluetooth address", "not-a-mac")
-    dialog.select("Device type", "renogy_battery")
     dialog.submit()
-    dialog.expect("form", INVALID_MAC, shot="b1-invalid-address")
+    dialog.expect("form", "Pick the device type", shot="b1-no-type")
+    dialog.select("Device type", "Battery: Renogy smart lithium")
+    dialog.submit()
+    dialog.expect("form", INVALID_MAC, shot="b2-invalid-address")
     assert dialog.field_value("Bluetooth address") == "not-a-mac"
     dialog.close()
 
@@ -123,7 +126,13 @@ def test_browser_remove_the_hub(stack: Stack, dialog: FlowDialog) -> None:
     dialog.expect("menu", REMOVE)
     dialog.choose_menu(REMOVE)
     dialog.expect("form", whole, shot="c1-remove-form")
+    offered = dialog.options()
+    assert offered and not any(option["checked"] for option in offered), offered  # nothing pre-selected
     dialog.choose(whole)
+    dialog.submit()
+    # nothing goes before the dialog said what goes, in words
+    dialog.expect("form", "Remove this device?", f"all 3 devices on {module.mac}", shot="c2-remove-confirm")
+    assert stack.entities_of(module.mac), "removed before the confirmation"
     dialog.submit()
     last4 = module.topic_id[-4:]
     dialog.expect(
@@ -133,7 +142,7 @@ def test_browser_remove_the_hub(stack: Stack, dialog: FlowDialog) -> None:
             f"{name} {last4} #{modbus_id}"
             for name, modbus_id in (("Battery", 48), ("Battery", 49), ("Charge controller", 97))
         ),
-        shot="c2-removed",
+        shot="c3-removed",
     )
     dialog.close()
     # Gone for good before test_system.py adds the hub again through the API.

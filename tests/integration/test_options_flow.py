@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import voluptuous as vol
 from conftest import (
     DEVICE_FROM_COMMAND,
     DEVICE_FROM_OPTIONS,
@@ -37,6 +38,13 @@ async def _open(hass: HomeAssistant, entry: MockConfigEntry) -> FlowResult:
 
 async def _step(hass: HomeAssistant, result: FlowResult, user_input: dict[str, Any] | None = None) -> FlowResult:
     return assert_translated(await hass.config_entries.options.async_configure(result["flow_id"], user_input))
+
+
+async def _remove(hass: HomeAssistant, result: FlowResult, value: str) -> FlowResult:
+    """Pick ``value`` in the remove form, then confirm what the next page says goes."""
+    result = await _step(hass, result, {"mac_address": value})
+    assert result["type"] == FlowResultType.FORM and result["step_id"] == "remove_confirm", result
+    return await _step(hass, result, {})
 
 
 async def _menu(hass: HomeAssistant, entry: MockConfigEntry, choice: str) -> FlowResult:
@@ -91,13 +99,20 @@ async def test_add_device_success(hass: HomeAssistant, entry: MockConfigEntry, m
     result = await _step(hass, result, {"next_step_id": "add_device"})
     assert result["type"] == FlowResultType.FORM
     assert result["step_id"] == "add_device"
+    # product families in words, the generic Modbus type last; nothing pre-selected
     assert select_options(result, "type") == [
-        "renogy_battery",
         "renogy_charge_controller",
+        "renogy_battery",
         "renogy_inverter",
         "generic_modbus",
     ]
+    labels = [o["label"] for o in result["data_schema"].schema["type"].config["options"]]
+    assert labels[0] == "Charge controller: Rover, Wanderer, Adventurer"
+    assert labels[-1] == "Other Modbus device (described in JSON)"
+    assert not any(str(key) == "type" and isinstance(key, vol.Required) for key in result["data_schema"].schema)
     assert select_options(result, "variant") == ["legacy", "pro"]
+    no_type = await _step(hass, result, {k: v for k, v in ADD_INPUT.items() if k != "type"})
+    assert no_type["step_id"] == "add_device" and no_type["errors"] == {"type": "type_required"}
 
     result = await _step(hass, result, ADD_INPUT)
     assert result["type"] == FlowResultType.SHOW_PROGRESS
@@ -308,7 +323,7 @@ async def test_choose_between_two_gateways(
     assert result["description_placeholders"]["gateway_id"] == "garage"
 
     result = await _step(hass, result, {"next_step_id": "remove_device"})
-    result = await _step(hass, result, {"mac_address": DEVICE_FROM_COMMAND["mac_address"]})
+    result = await _remove(hass, result, DEVICE_FROM_COMMAND["mac_address"])
     request = await next_command(mqtt_mock, "garage")
     assert request["command"] == "remove_device"
     assert commands(mqtt_mock, "gateway") == []
@@ -401,9 +416,19 @@ async def test_remove_device(hass: HomeAssistant, entry: MockConfigEntry, mqtt_m
     # Devices from the add-on options can only be removed there.
     assert select_options(result, "mac_address") == ["D8:B6:73:BF:4F:75"]
     label = result["data_schema"].schema["mac_address"].config["options"][0]["label"]
-    assert label == "Inverter (D8:B6:73:BF:4F:75, renogy_inverter)"
+    assert label == "Inverter (inverter, D8:B6:73:BF:4F:75)"  # in words, the type's key is for machines
+    # nothing pre-selected (removing is not undone): the field is optional for the form
+    (field,) = result["data_schema"].schema
+    assert str(field) == "mac_address" and not isinstance(field, vol.Required)
+    submitted_empty = await _step(hass, result, {})
+    assert submitted_empty["step_id"] == "remove_device"
+    assert submitted_empty["errors"] == {"mac_address": "pick_device"}
 
     result = await _step(hass, result, {"mac_address": "D8:B6:73:BF:4F:75"})
+    assert result["type"] == FlowResultType.FORM and result["step_id"] == "remove_confirm"
+    assert result["description_placeholders"]["device"] == "Inverter (inverter, D8:B6:73:BF:4F:75)"
+    assert commands(mqtt_mock) == []  # nothing is sent before the confirmation
+    result = await _step(hass, result, {})
     assert result["type"] == FlowResultType.SHOW_PROGRESS
     assert result["progress_action"] == "remove_device"
     request = await next_command(mqtt_mock)
@@ -417,7 +442,7 @@ async def test_remove_device(hass: HomeAssistant, entry: MockConfigEntry, mqtt_m
 
     assert result["type"] == FlowResultType.ABORT
     assert result["reason"] == "device_removed"
-    assert result["description_placeholders"]["mac_address"] == "D8:B6:73:BF:4F:75"
+    assert result["description_placeholders"]["device"] == "Inverter (D8:B6:73:BF:4F:75)"  # named once
 
 
 async def test_remove_one_battery_of_a_bank(
@@ -447,7 +472,9 @@ async def test_remove_one_battery_of_a_bank(
         "D8:B6:73:BF:4F:75",
     ]
 
-    result = await _step(hass, result, {"mac_address": "C464E3000030_49"})
+    labels = [o["label"] for o in result["data_schema"].schema["mac_address"].config["options"]]
+    assert labels[2] == "Battery 49 (battery, C4:64:E3:00:00:30, Modbus id 49)"
+    result = await _remove(hass, result, "C464E3000030_49")
     request = await next_command(mqtt_mock)
     assert request == {
         "command": "remove_device",
@@ -465,7 +492,7 @@ async def test_remove_device_gateway_error(
 ) -> None:
     announce_gateway(hass, devices=[DEVICE_FROM_COMMAND])
     result = await _menu(hass, entry, "remove_device")
-    result = await _step(hass, result, {"mac_address": "D8:B6:73:BF:4F:75"})
+    result = await _remove(hass, result, "D8:B6:73:BF:4F:75")
     respond(hass, await next_command(mqtt_mock), error="device D8:B6:73:BF:4F:75 not found")
 
     result = await _finish(hass, result)
@@ -481,7 +508,7 @@ async def test_remove_device_timeout(
 ) -> None:
     announce_gateway(hass, devices=[DEVICE_FROM_COMMAND])
     result = await _menu(hass, entry, "remove_device")
-    result = await _step(hass, result, {"mac_address": "D8:B6:73:BF:4F:75"})
+    result = await _remove(hass, result, "D8:B6:73:BF:4F:75")
     await next_command(mqtt_mock)
 
     result = await _finish(hass, result)

@@ -285,6 +285,9 @@ async def test_remove_a_whole_module(hass: HomeAssistant, entry: MockConfigEntry
     assert _labels(result, "mac_address")[0] == f"All 2 devices on {HUB} (Battery 48, Battery 49)"
 
     result = await _step(hass, result, {"mac_address": f"module:{HUB}"})
+    assert result["step_id"] == "remove_confirm"
+    assert result["description_placeholders"]["device"] == f"all 2 devices on {HUB} (Battery 48, Battery 49)"
+    result = await _step(hass, result, {})
     assert result["progress_action"] == "remove_units"
     for seen, modbus_id in enumerate((48, 49)):
         request = await next_command(mqtt_mock, seen=seen)
@@ -299,7 +302,7 @@ async def test_remove_a_whole_module(hass: HomeAssistant, entry: MockConfigEntry
 
     assert result["reason"] == "remove_done"
     assert result["description_placeholders"]["names"] == (
-        f"Battery 48 ({HUB}, renogy_battery), Battery 49 ({HUB}, renogy_battery)"
+        f"Battery 48 (battery, {HUB}, Modbus id 48), Battery 49 (battery, {HUB}, Modbus id 49)"
     )
     assert len(commands(mqtt_mock)) == 2  # the inverter stays
 
