@@ -91,8 +91,10 @@ def expected_state(f: Field, truth: Any) -> str | float:
     """What Home Assistant's state must be for a true value (numbers compared with a tolerance)."""
     if is_binary(f):
         return "on" if truth else "off"
-    if f.enc is Enc.BITS:
-        return ", ".join(truth) if truth else "none"
+    if f.enc is Enc.BITS:  # names in words, as a person reads them
+        return ", ".join(f.label(name) for name in truth) if truth else "None"
+    if f.options and isinstance(truth, str):
+        return f.label(truth)
     if numeric(f) and isinstance(truth, int | float):
         return float(truth)
     return str(truth)

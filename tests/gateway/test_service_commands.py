@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from blupow_gateway import __version__
 from blupow_gateway.settings import DeviceOption
 from tests.plugins.gateway import GatewayFactory, SimWorld, wait_until
 from tests.plugins.mosquitto import Mosquitto, MqttRecorder, aretained
@@ -628,7 +629,7 @@ async def test_health_check(
     }
     assert data["healthy"] is True
     assert data["mqtt_connected"] is True
-    assert data["version"] == "0.1.0"
+    assert data["version"] == __version__
     assert data["devices_total"] == 2
     await recorder.await_topic("blupow/gateway/health", 5, match=lambda m: m.json()["devices_online"] == 1)
     await gateway.mqtt.flush()

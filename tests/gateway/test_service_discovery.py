@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from blupow_gateway import __version__
 from blupow_gateway.devices import create_device
 from blupow_gateway.discovery import Topics, device_configs, gateway_configs
 from blupow_gateway.settings import DeviceOption
@@ -73,7 +74,11 @@ async def test_controller_discovery_payloads(
         {"topic": f"blupow/{mac_id}/availability"},
     ]
     assert pv["availability_mode"] == "all"
-    assert pv["origin"] == {"name": "BluPow", "sw_version": "0.1.0", "support_url": "https://github.com/blupow/blupow"}
+    assert pv["origin"] == {
+        "name": "BluPow",
+        "sw_version": __version__,
+        "support_url": "https://github.com/blupow/blupow",
+    }
     assert pv["device"] == {
         "identifiers": [f"blupow_{mac_id}"],
         "connections": [["mac", sim.mac]],
@@ -93,11 +98,15 @@ async def test_controller_discovery_payloads(
         "kWh",
     )
     charging = configs[f"homeassistant/sensor/blupow_{mac_id}_charging_state/config"]
-    assert not {"unit_of_measurement", "device_class", "state_class"} & set(charging)
+    # one of a few states, shown in words; no options list (MQTT takes it from 2024.9 only)
+    assert charging["device_class"] == "enum" and "options" not in charging
+    assert not {"unit_of_measurement", "state_class"} & set(charging)
+    assert '"floating": "Float"' in charging["value_template"] and '"mppt": "MPPT"' in charging["value_template"]
     assert charging["value_template"].endswith("else 'unknown' }}")
     faults = configs[f"homeassistant/sensor/blupow_{mac_id}_faults/config"]
     assert faults["entity_category"] == "diagnostic"
-    assert "'none'" in faults["value_template"]
+    assert "'None'" in faults["value_template"]
+    assert '"pv_input_over_voltage": "PV input over voltage"' in faults["value_template"]
     problem = configs[f"homeassistant/binary_sensor/blupow_{mac_id}_fault_active/config"]
     assert problem["device_class"] == "problem"
     assert problem["payload_on"] == "ON"
@@ -411,13 +420,14 @@ async def test_payloads_are_accepted_by_home_assistant_2024_3() -> None:
     assert result["invalid"] == {}
     assert len(result["rendered"]) == len(configs) > 200
     numbers = 0
+    words: list[tuple[str, str]] = []
     for topic, payload in configs.items():
         rendered, missing = result["rendered"][topic], result["missing"][topic]
         component = topic.split("/")[1]
         if payload["state_topic"] in ("blupow/gateway/info", "blupow/gateway/health", "blupow/gateway/state"):
             continue
-        numeric = bool(
-            {"unit_of_measurement", "device_class", "state_class", "suggested_display_precision"} & set(payload)
+        numeric = bool({"unit_of_measurement", "state_class", "suggested_display_precision"} & set(payload)) or (
+            payload.get("device_class") not in (None, "enum")
         )
         if component in ("binary_sensor", "switch"):
             assert rendered in ("ON", "OFF", "None"), (topic, rendered)
@@ -428,6 +438,10 @@ async def test_payloads_are_accepted_by_home_assistant_2024_3() -> None:
                 numbers += 1
             assert missing == "None", topic
         else:
-            assert rendered not in ("", "None"), topic
+            is_list = "namespace(" in payload["value_template"]  # names (faults): "None" when there are none
+            assert rendered not in ("", "None") or is_list, (topic, rendered)
             assert missing == "unknown", topic
+            if "_" in rendered and payload.get("entity_category") != "diagnostic":
+                words.append((topic, rendered))  # a key, not words a person reads
     assert numbers > 150
+    assert not words, words

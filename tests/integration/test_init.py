@@ -248,7 +248,7 @@ def test_manifest() -> None:
     assert manifest["dependencies"] == ["mqtt"]
     assert manifest["single_config_entry"] is True
     assert manifest["config_flow"] is True
-    assert manifest["version"] == "0.1.0"
+    assert manifest["version"] == "0.2.0"
     for key in ("name", "codeowners", "documentation", "issue_tracker", "iot_class", "integration_type"):
         assert manifest[key]
     hacs = json.loads((INTEGRATION_DIR.parents[1] / "hacs.json").read_text(encoding="utf-8"))

@@ -1,3 +1,3 @@
 """BluPow gateway: Renogy BLE devices to MQTT and Home Assistant."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -21,6 +21,7 @@ decides what to publish, diff and clear.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,13 +135,26 @@ def _present(key: str) -> str:
 
 
 def value_template(f: Field) -> str:
+    if f.options:  # the state JSON has the key; Home Assistant shows the words
+        words = _jinja_dict(f.value_labels())
+        return f"{{{{ {words}.get(value_json.{f.key}, value_json.{f.key}) if {_present(f.key)} else 'unknown' }}}}"
     return f"{{{{ value_json.{f.key} if {_present(f.key)} else {_missing(numeric_expected(f))} }}}}"
 
 
-def list_text_template(key: str) -> str:
-    """A list of names (faults) as one text: ``a, b`` or ``none``."""
-    joined = f"(value_json.{key} | join(', '))[:{MAX_STATE_LENGTH}]"
-    return f"{{{{ ({joined} if value_json.{key} | length > 0 else 'none') if {_present(key)} else 'unknown' }}}}"
+def list_text_template(f: Field) -> str:
+    """A list of names (faults) as one text in words: ``PV input over voltage, Fan alarm`` or ``None``."""
+    key, words = f.key, _jinja_dict(f.value_labels())
+    shown = f"{{% for v in value_json.{key} %}}{{% set ns.t = ns.t + [w.get(v, v)] %}}{{% endfor %}}"
+    text = f"{{{{ (ns.t | join(', '))[:{MAX_STATE_LENGTH}] if ns.t else 'None' }}}}"
+    return (
+        f"{{% if {_present(key)} %}}{{% set w = {words} %}}{{% set ns = namespace(t=[]) %}}{shown}{text}"
+        "{% else %}unknown{% endif %}"
+    )
+
+
+def _jinja_dict(words: Mapping[str, str]) -> str:
+    """A dict literal for a template: JSON strings are valid Jinja string literals."""
+    return "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in words.items()) + "}"
 
 
 def item_template(key: str, index: int, numeric: bool) -> str:
@@ -212,6 +226,10 @@ class EntitySpec:
 
 def _sensor_payload(f: Field, template: str, name: str) -> dict[str, Any]:
     payload: dict[str, Any] = {"name": name, "value_template": template}
+    if f.options and f.enc is not Enc.BITS:
+        # one of a few states. No `options` list: MQTT discovery accepts it from Home Assistant
+        # 2024.9 on and refuses the whole entity before (our floor is 2024.3)
+        payload["device_class"] = "enum"
     if numeric_expected(f):
         if f.unit:
             payload["unit_of_measurement"] = f.unit
@@ -242,7 +260,7 @@ def field_entities(device: BaseDevice, values: Mapping[str, Any]) -> list[Entity
                 specs.append(EntitySpec("sensor", f"{singular(f.key)}_{i + 1}", f, payload))
             continue
         if f.enc is Enc.BITS:
-            payload = {"name": f.display_name, "value_template": list_text_template(f.key)}
+            payload = {"name": f.display_name, "value_template": list_text_template(f)}
             specs.append(EntitySpec("sensor", f.key, f, payload))
             continue
         if f.component == "binary_sensor" or f.boolean:

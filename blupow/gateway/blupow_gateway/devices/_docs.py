@@ -24,6 +24,8 @@ JSON arrays (one entity per item in Home Assistant). Keys are stable: templates 
 
 Columns: **HA** is the Home Assistant `device_class` / `state_class`; **register** is the Modbus
 holding register (decimal and hex) and its encoding; *derived* values are computed from other keys.
+A value or a name is a key in the state JSON (`floating`, `pv_input_over_voltage`); Home Assistant
+shows the words given in parentheses (or the key in words: "PV input over voltage").
 
 """
 
@@ -71,7 +73,8 @@ sheet) and, for inverters, from the open-source readers that captured them. Wher
 
 
 def _ha(f: Field) -> str:
-    parts = [p for p in (f.device_class, f.state_class) if p]
+    enum = "enum" if f.options and not f.flags else None  # discovery.py: one of a few states
+    parts = [p for p in (f.device_class or enum, f.state_class) if p]
     if f.component != "sensor":
         parts.insert(0, f.component)
     return " / ".join(parts) or "–"
@@ -107,7 +110,9 @@ def _register(f: Field) -> str:
 def _meaning(f: Field) -> str:
     text = f.description or f.display_name
     if f.options:
-        text += " Values: " + ", ".join(f"`{v}`" for v in dict.fromkeys(f.options.values())) + "."
+        # the key in the state JSON, and what Home Assistant shows for it
+        values = ", ".join(f"`{v}` ({label})" for v, label in f.value_labels().items())
+        text = f"{text.rstrip('.')}. Values: {values}."
     if f.flags:
         names = [f"`{v}`" for _, v in sorted(f.flags.items())]
         if len(names) > 12:  # per-cell alarm maps: show the pattern, not 32 names

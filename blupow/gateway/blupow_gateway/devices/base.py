@@ -113,6 +113,10 @@ class Field:
     shift: int = 0
     options: Mapping[int, str] | None = None
     flags: Mapping[int, str] | None = None
+    # What a person reads for a value of ``options`` or ``flags`` where the humanised key is not
+    # enough ("deactivated" -> "Not charging"). The state JSON keeps the keys (for automations and
+    # the MQTT API); Home Assistant shows these words (discovery.py).
+    labels: Mapping[str, str] | None = None
     boolean: bool = False  # after mask/shift: non-zero -> True
     count_register: int | None = None  # array length register (e.g. cell count)
     max_items: int = 16
@@ -165,6 +169,15 @@ class Field:
     @property
     def display_name(self) -> str:
         return self.name or humanise(self.key)
+
+    def label(self, value: str) -> str:
+        """The words shown for the option or flag ``value``: ``floating`` -> ``Floating``."""
+        return (self.labels or {}).get(value) or humanise(value)
+
+    def value_labels(self) -> dict[str, str]:
+        """Every known option or flag value with its words, for Home Assistant's templates."""
+        values = [*(self.options or {}).values(), *(self.flags or {}).values()]
+        return {value: self.label(value) for value in dict.fromkeys(values)}
 
     @property
     def is_text(self) -> bool:
@@ -265,7 +278,17 @@ class Field:
         return [self.scaled(_s16(w) if signed else w) for w in words]  # type: ignore[arg-type]
 
 
-_ACRONYMS = {"pv": "PV", "soc": "SOC", "ac": "AC", "bms": "BMS", "mosfet": "MOSFET", "id": "ID", "dc": "DC"}
+_ACRONYMS = {
+    "pv": "PV",
+    "soc": "SOC",
+    "ac": "AC",
+    "bms": "BMS",
+    "mosfet": "MOSFET",
+    "mos": "MOS",
+    "id": "ID",
+    "dc": "DC",
+    "mppt": "MPPT",
+}
 
 
 def humanise(key: str) -> str:

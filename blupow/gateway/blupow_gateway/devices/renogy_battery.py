@@ -346,7 +346,8 @@ class RenogyBattery(BaseDevice):
             icon="mdi:alert",
             description="Active BMS warnings from status 2 (list)",
         ),
-        flag("heater_on", 5107, 13, "Cell heater is running", device_class="heat"),
+        # Running/Not running; the "heat" class would show Hot/Normal
+        flag("heater_on", 5107, 13, "Cell heater is running", device_class="running", name="Heater"),
         flag("fully_charged", 5107, 11, "BMS reports the battery fully charged"),
         Field(
             "cell_voltage_errors",

@@ -40,6 +40,11 @@ BATTERY_TYPES = {1: "flooded", 2: "sealed", 3: "gel", 4: "lithium", 5: "user"}
 
 SYSTEM_VOLTAGES = {12: "12V", 24: "24V", 36: "36V", 48: "48V", 96: "96V", 255: "auto"}
 
+# What the Renogy app calls them, where the key alone does not say it
+STATE_LABELS = {"deactivated": "Not charging", "activated": "Starting", "floating": "Float"}
+BATTERY_TYPE_LABELS = {"sealed": "Sealed (AGM)", "user": "User defined"}
+VOLTAGE_LABELS = {v: v.replace("V", " V") for v in SYSTEM_VOLTAGES.values() if v.endswith("V")}
+
 # u32 = 0x0121 << 16 | 0x0122. Bit numbers follow DOCX Table 1 (B17 over-voltage,
 # B18 under-voltage warning); the DOCX §3.15 example swaps them, Table 1 and
 # solarthing agree, so Table 1 wins. 0x0122 (B0-B15) is reserved on controllers.
@@ -94,6 +99,7 @@ class RenogyChargeController(BaseDevice):
             0x000A,
             Enc.U8_HI,
             options=SYSTEM_VOLTAGES,
+            labels=VOLTAGE_LABELS,
             category=DIAG,
             description="Highest battery system voltage the controller supports",
         ),
@@ -120,6 +126,7 @@ class RenogyChargeController(BaseDevice):
             "battery_type",
             0xE004,
             options=BATTERY_TYPES,
+            labels=BATTERY_TYPE_LABELS,
             category=DIAG,
             icon="mdi:car-battery",
             description="Configured battery type: flooded, sealed, gel, lithium or user",
@@ -172,8 +179,7 @@ class RenogyChargeController(BaseDevice):
             mask=0x1,
             shift=15,
             boolean=True,
-            component="binary_sensor",
-            device_class="power",
+            component="binary_sensor",  # On/Off: the "power" class would show Detected/Clear
             description="Load output is switched on",
         ),
         Field(
@@ -192,8 +198,9 @@ class RenogyChargeController(BaseDevice):
             0x0120,
             Enc.U8_LO,
             options=CHARGING_STATES,
+            labels=STATE_LABELS,
             icon="mdi:solar-power",
-            description="Charging stage: deactivated, activated, mppt, equalizing, boost, floating, current_limiting",
+            description="Charging stage",
         ),
         Field(
             "faults",

@@ -56,6 +56,17 @@ CHARGING_MODES = {
 
 BATTERY_TYPES = {0: "user", 1: "flooded", 2: "sealed", 3: "gel", 4: "lithium"}
 
+# What the Renogy app calls them, where the key alone does not say it
+STATE_LABELS = {"deactivated": "Not charging", "floating": "Float", "direct_charging": "Charging from the alternator"}
+MODE_LABELS = {
+    "alternator_to_house": "Alternator to house battery",
+    "house_to_starter": "House battery to starter battery",
+    "solar_to_house": "Solar to house battery",
+    "solar_and_alternator_to_house": "Solar and alternator to house battery",
+    "solar_to_starter": "Solar to starter battery",
+}
+BATTERY_TYPE_LABELS = {"sealed": "Sealed (AGM)", "user": "User defined"}
+
 # u32 = 0x0121 << 16 | 0x0122 (DCC sheet; solarthing DcdcErrorMode). The bit map
 # differs from the controller's.
 FAULTS = {
@@ -134,6 +145,7 @@ class RenogyDcc(BaseDevice):
             "battery_type",
             0xE004,
             options=BATTERY_TYPES,
+            labels=BATTERY_TYPE_LABELS,
             category=DIAG,
             icon="mdi:car-battery",
             description="Configured house battery type: user, flooded, sealed, gel or lithium",
@@ -177,6 +189,7 @@ class RenogyDcc(BaseDevice):
             0x0120,
             Enc.U8_LO,
             options=CHARGING_STATES,
+            labels=STATE_LABELS,
             icon="mdi:battery-charging",
             description="Charging stage; direct_charging means charging from the alternator",
         ),
@@ -196,6 +209,7 @@ class RenogyDcc(BaseDevice):
             "charging_mode",
             0x0125,
             options=CHARGING_MODES,
+            labels=MODE_LABELS,
             icon="mdi:swap-horizontal",
             description="Which source charges which battery",
         ),
@@ -204,8 +218,7 @@ class RenogyDcc(BaseDevice):
             0x0126,
             mask=0x1,
             boolean=True,
-            component="binary_sensor",
-            device_class="power",
+            component="binary_sensor",  # On/Off: the "power" class would show Detected/Clear
             description="Ignition (D+) signal detected",
         ),
     )

@@ -77,7 +77,12 @@ class RenogyInverter(BaseDevice):
         current("solar_current", 4330, "Solar input current", scale=0.1),
         power("solar_power", 4331, "Solar input power"),
         Field(
-            "charging_status", 4332, options=CHARGING_STATUS, icon="mdi:battery-charging", description="Charger stage"
+            "charging_status",
+            4332,
+            options=CHARGING_STATUS,
+            labels={"deactivated": "Not charging", "floating": "Float"},
+            icon="mdi:battery-charging",
+            description="Charger stage",
         ),
         power("charging_power", 4333, "Battery charging power"),
         Field(
