@@ -13,9 +13,11 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN
+from .devices import DeviceLinker, async_remove_device
 from .gateway import BluPowHub
 from .services import async_register_services
 
@@ -37,10 +39,24 @@ async def async_setup_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
         entry.async_on_unload(unsubscribe)
     entry.async_on_unload(hub.async_shutdown)
     hass.data.setdefault(DOMAIN, {})[entry.entry_id] = hub
+    linker = DeviceLinker(hass, entry)  # the gateways' devices on the BluPow page too
+    entry.async_on_unload(linker.async_start())
+    hass.data.setdefault(f"{DOMAIN}_linkers", {})[entry.entry_id] = linker
     return True
+
+
+async def async_remove_config_entry_device(
+    hass: HomeAssistant, entry: ConfigEntry, device_entry: dr.DeviceEntry
+) -> bool:
+    """*Delete* on a device page: the gateway removes the device (or the page shows why not)."""
+    removed = await async_remove_device(hass, device_entry)
+    if removed and (linker := hass.data.get(f"{DOMAIN}_linkers", {}).get(entry.entry_id)) is not None:
+        linker.deleted(device_entry.id)
+    return removed
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
     """Nothing to unload but our state; the MQTT unsubscribes run as on_unload callbacks."""
     hass.data.get(DOMAIN, {}).pop(entry.entry_id, None)
+    hass.data.get(f"{DOMAIN}_linkers", {}).pop(entry.entry_id, None)
     return True

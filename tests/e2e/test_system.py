@@ -235,24 +235,31 @@ def test_devices_added_through_options_flow(stack: Stack, added: dict[str, dict[
 def test_devices_and_entities_in_registries(stack: Stack, added: dict[str, dict[str, Any]]) -> None:
     """Each device and all its entities, with the driver table's units, device and state classes."""
     assert stack.sim is not None
+    (blupow,) = stack.api.config_entries("blupow")
+    # every device the gateway published is on the BluPow page too, the gateway's own included
     gateway = wait_until(
         lambda: next(
             (
                 d
                 for d in stack.api.ws("config/device_registry/list")
                 if ["mqtt", f"blupow_gateway_{GATEWAY_ID}"] in d["identifiers"]
+                and blupow["entry_id"] in d["config_entries"]
             ),
             None,
         ),
         ENTITY_TIMEOUT,
-        "the gateway device",
+        "the gateway device, listed under BluPow",
     )
     for sim_device in stack.sim.devices:
         device = driver_for(stack, sim_device.mac)
         values = stack.mqtt_state(sim_device.mac) or {}
         wanted = expected_unique_ids(sim_device.mac, device, values)
         wait_entities(stack, sim_device, wanted)
-        entry = stack.device_entry(sim_device.mac)
+        entry = wait_until(
+            lambda mac=sim_device.mac: (e := stack.device_entry(mac)) and blupow["entry_id"] in e["config_entries"] and e,
+            ENTITY_TIMEOUT,
+            f"the {sim_device.type} listed under BluPow",
+        )
         assert entry is not None
         assert entry["name"] == DEVICE_NAMES[sim_device.type]
         assert entry["manufacturer"] == device.manufacturer
@@ -286,7 +293,7 @@ def check_entity_metadata(
         domain = entry["entity_id"].split(".")[0]
         expect = {
             "domain": "binary_sensor" if is_binary(f) else "sensor",
-            "device_class": f.device_class if is_binary(f) or numeric(f) else None,
+            "device_class": f.device_class if is_binary(f) or numeric(f) else ("enum" if f.options else None),
             "state_class": f.state_class if numeric(f) and not is_binary(f) else None,
             "category": "diagnostic" if f.category else None,
             "disabled": None if f.enabled_default else "integration",

@@ -9,6 +9,8 @@ docs/devices.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._fields import DIAG, current, power, soc, temperature, voltage
 from .base import Block, Enc, Field
 
@@ -66,13 +68,20 @@ def amp_hours(key: str, reg: int, description: str, enc: Enc = Enc.U16) -> Field
     )
 
 
-def energy_wh(key: str, reg: int, description: str) -> Field:
+def energy_wh(key: str, reg: int, description: str, **kw: Any) -> Field:
     return Field(
-        key, reg, unit="Wh", device_class="energy", state_class="total_increasing", precision=0, description=description
+        key,
+        reg,
+        unit="Wh",
+        device_class="energy",
+        state_class="total_increasing",
+        precision=0,
+        description=description,
+        **kw,
     )
 
 
-def energy_kwh(key: str, reg: int, description: str) -> Field:
+def energy_kwh(key: str, reg: int, description: str, **kw: Any) -> Field:
     # The register counts Wh (CC V1.7, DCC xlsx, solarthing; see docs/devices.md);
     # lifetime totals are published in kWh with exact 3-decimal precision.
     return Field(
@@ -86,6 +95,7 @@ def energy_kwh(key: str, reg: int, description: str) -> Field:
         precision=3,
         description=description,
         lifetime=True,
+        **kw,
     )
 
 

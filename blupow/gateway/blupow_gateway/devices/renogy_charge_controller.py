@@ -157,8 +157,8 @@ class RenogyChargeController(BaseDevice):
         power("max_discharging_power_today", 0x0110, "Highest load power today"),
         amp_hours("charging_amp_hours_today", 0x0111, "Charge delivered to the battery today"),
         amp_hours("discharging_amp_hours_today", 0x0112, "Charge drawn by the load today"),
-        energy_wh("power_generation_today", 0x0113, "Solar energy generated today"),
-        energy_wh("power_consumption_today", 0x0114, "Energy consumed by the load today"),
+        energy_wh("power_generation_today", 0x0113, "Solar energy generated today", name="Solar energy today"),
+        energy_wh("power_consumption_today", 0x0114, "Energy consumed by the load today", name="Load energy today"),
         counter(
             "total_operating_days",
             0x0115,
@@ -171,8 +171,8 @@ class RenogyChargeController(BaseDevice):
         counter("total_battery_full_charges", 0x0117, "Number of times the battery was fully charged", category=DIAG),
         amp_hours("total_charging_amp_hours", 0x0118, "Lifetime charge delivered to the battery", Enc.U32),
         amp_hours("total_discharging_amp_hours", 0x011A, "Lifetime charge drawn by the load", Enc.U32),
-        energy_kwh("power_generation_total", 0x011C, "Lifetime solar energy generated"),
-        energy_kwh("power_consumption_total", 0x011E, "Lifetime energy consumed by the load"),
+        energy_kwh("power_generation_total", 0x011C, "Lifetime solar energy generated", name="Solar energy total"),
+        energy_kwh("power_consumption_total", 0x011E, "Lifetime energy consumed by the load", name="Load energy total"),
         Field(
             "load_on",
             0x0120,

@@ -171,7 +171,7 @@ class RenogyDcc(BaseDevice):
         current("max_charging_current_today", 0x010D, "Highest charging current today (solar + alternator)"),
         power("max_charging_power_today", 0x010F, "Highest input power today"),
         amp_hours("charging_amp_hours_today", 0x0111, "Charge delivered to the house battery today"),
-        energy_wh("power_generation_today", 0x0113, "Energy delivered today"),
+        energy_wh("power_generation_today", 0x0113, "Energy delivered today", name="Energy delivered today"),
         counter(
             "total_operating_days",
             0x0115,
@@ -183,7 +183,7 @@ class RenogyDcc(BaseDevice):
         counter("total_battery_over_discharges", 0x0116, "Number of over-discharge events", category=DIAG),
         counter("total_battery_full_charges", 0x0117, "Number of full charges", category=DIAG),
         amp_hours("total_charging_amp_hours", 0x0118, "Lifetime charge delivered", Enc.U32),
-        energy_kwh("power_generation_total", 0x011C, "Lifetime energy delivered"),
+        energy_kwh("power_generation_total", 0x011C, "Lifetime energy delivered", name="Energy delivered total"),
         Field(
             "charging_state",
             0x0120,
