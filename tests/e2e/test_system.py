@@ -255,11 +255,12 @@ def test_devices_and_entities_in_registries(stack: Stack, added: dict[str, dict[
         values = stack.mqtt_state(sim_device.mac) or {}
         wanted = expected_unique_ids(sim_device.mac, device, values)
         wait_entities(stack, sim_device, wanted)
-        entry = wait_until(
-            lambda mac=sim_device.mac: (e := stack.device_entry(mac)) and blupow["entry_id"] in e["config_entries"] and e,
-            ENTITY_TIMEOUT,
-            f"the {sim_device.type} listed under BluPow",
-        )
+
+        def listed(mac: str = sim_device.mac) -> dict[str, Any] | None:
+            found = stack.device_entry(mac)
+            return found if found is not None and blupow["entry_id"] in found["config_entries"] else None
+
+        entry = wait_until(listed, ENTITY_TIMEOUT, f"the {sim_device.type} listed under BluPow")
         assert entry is not None
         assert entry["name"] == DEVICE_NAMES[sim_device.type]
         assert entry["manufacturer"] == device.manufacturer
