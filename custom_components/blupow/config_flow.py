@@ -16,9 +16,15 @@ from typing import Any
 import voluptuous as vol
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigEntry, ConfigEntryState, ConfigFlow, OptionsFlow
-from homeassistant.core import callback
-from homeassistant.data_entry_flow import FlowResult
+from homeassistant.core import CALLBACK_TYPE, callback
+from homeassistant.data_entry_flow import (
+    EVENT_DATA_ENTRY_FLOW_PROGRESSED,
+    FlowResult,
+    FlowResultType,
+    UnknownFlow,
+)
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.event import async_call_later
 from homeassistant.helpers.selector import (
     NumberSelector,
     NumberSelectorConfig,
@@ -145,6 +151,8 @@ BATCH_COMMANDS = {"add_units": "add_device", "remove_units": "remove_device", "b
 BANK_TYPE = "renogy_battery"  # the only type a battery bank groups
 BANK_NAME_MAX = 40  # the gateway's limit (docs/mqtt-api.md)
 MODULE_PREFIX = "module:"  # remove form value for every unit of a Bluetooth module
+QUICK_ANSWER = 1.0  # s: an answer within this comes with the step itself (no spinner)
+NUDGE_DELAYS = (1.0, 3.0, 10.0)  # s after an answer: tell a browser that missed it again
 
 
 class BluPowOptionsFlow(OptionsFlow):
@@ -160,6 +168,7 @@ class BluPowOptionsFlow(OptionsFlow):
         self._probe: dict[str, Any] = {}  # the probe_module answer of the module picked after a scan
         self._removal_choice: str | None = None  # the remove form's pick, until it is confirmed
         self._removal_name = ""  # its name: the gateway's answer to remove_device carries none
+        self._nudges: list[CALLBACK_TYPE] = []  # pending _async_nudge_frontend timers
 
     # -- navigation ----------------------------------------------------------------------------
 
@@ -213,7 +222,7 @@ class BluPowOptionsFlow(OptionsFlow):
         payload = _add_payload(gateway, user_input, errors, placeholders)
         if payload is None:
             return self._show_add_form(gateway, errors, placeholders)
-        return self._start("add_device", payload)
+        return await self._start("add_device", payload)
 
     def _show_add_form(
         self, gateway: Gateway, errors: dict[str, str] | None = None, placeholders: dict[str, str] | None = None
@@ -258,7 +267,7 @@ class BluPowOptionsFlow(OptionsFlow):
             return self._progress()
         if self._current_gateway() is None:
             return self._abort_offline()
-        return self._start("scan", {"seconds": SCAN_SECONDS})
+        return await self._start("scan", {"seconds": SCAN_SECONDS})
 
     async def async_step_scan_result(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """A module was picked: ask the gateway which devices sit behind it (probe_module)."""
@@ -273,7 +282,7 @@ class BluPowOptionsFlow(OptionsFlow):
             # A device that only streams notifications (the Smart Shunt) has no Modbus ids to probe.
             self._add_input[CONF_TYPE] = streams
             return self._show_add_form(gateway)
-        return self._start("probe_module", {CONF_MAC_ADDRESS: mac})
+        return await self._start("probe_module", {CONF_MAC_ADDRESS: mac})
 
     def _show_scan_form(self) -> FlowResult:
         options = [SelectOptionDict(value=item["mac_address"], label=_found_label(item)) for item in self._found]
@@ -300,7 +309,7 @@ class BluPowOptionsFlow(OptionsFlow):
         ]
         if not batch:
             return self._show_probe_form({"base": "nothing_selected"})
-        return self._start("add_units", {CONF_MAC_ADDRESS: self._probe[CONF_MAC_ADDRESS]}, batch)
+        return await self._start("add_units", {CONF_MAC_ADDRESS: self._probe[CONF_MAC_ADDRESS]}, batch)
 
     def _new_units(self) -> list[dict[str, Any]]:
         """The probed units not added yet, of types this gateway supports."""
@@ -387,10 +396,10 @@ class BluPowOptionsFlow(OptionsFlow):
                 for device in _removable(gateway.devices)
                 if device["mac_address"] == mac
             ]
-            return self._start("remove_units", {CONF_MAC_ADDRESS: mac}, batch)
+            return await self._start("remove_units", {CONF_MAC_ADDRESS: mac}, batch)
         removing = next((d for d in gateway.devices if _unit_value(gateway.devices, d) == value), {})
         self._removal_name = str(removing.get(CONF_NAME) or "")
-        return self._start("remove_device", _removal(gateway.devices, value))
+        return await self._start("remove_device", _removal(gateway.devices, value))
 
     def _show_remove_form(
         self, gateway: Gateway, errors: dict[str, str] | None = None, placeholders: dict[str, str] | None = None
@@ -436,7 +445,7 @@ class BluPowOptionsFlow(OptionsFlow):
                 batch.append((_device_label(device), {**_removal(gateway.devices, value), CONF_BANK: None}))
         if not batch:
             return self._show_bank_form(gateway, {"base": "bank_unchanged"}, user_input)
-        return self._start("bank_units", {CONF_BANK: name}, batch)
+        return await self._start("bank_units", {CONF_BANK: name}, batch)
 
     def _show_bank_form(
         self,
@@ -487,12 +496,20 @@ class BluPowOptionsFlow(OptionsFlow):
 
     # -- sending and reporting -----------------------------------------------------------------
 
-    def _start(
+    async def _start(
         self, command: str, payload: dict[str, Any], batch: list[tuple[str, dict[str, Any]]] | None = None
     ) -> FlowResult:
-        """Send the command in a task; the flow shows progress until the gateway answers."""
+        """Send the command in a task; the flow shows progress until the gateway answers.
+
+        A quick answer (most are) comes with this very step, so the browser shows the result and no
+        spinner. For a slower one the browser shows a spinner and waits for Home Assistant's
+        "flow progressed" event, which it may subscribe to only after the answer came: see
+        _async_nudge_frontend.
+        """
         self._request = _Request(command, payload, batch=batch or [])
         self._task = self.hass.async_create_task(self._async_run(self._request), f"blupow {command}")
+        if QUICK_ANSWER > 0:
+            await asyncio.wait({self._task}, timeout=QUICK_ANSWER)
         return self._progress()
 
     def _progress(self) -> FlowResult:
@@ -511,10 +528,47 @@ class BluPowOptionsFlow(OptionsFlow):
                     }
                 ),
             )
+        # until the browser fetches the result (async_step_finish); not for a wait cut short by
+        # an unload or a stop
+        live = self._entry.state is ConfigEntryState.LOADED and not self.hass.is_stopping
+        if not self._nudges and not self._task.cancelled() and live:
+            self._nudges = [async_call_later(self.hass, delay, self._async_nudge_frontend) for delay in NUDGE_DELAYS]
         return self.async_show_progress_done(next_step_id="finish")
 
     async def _async_run(self, request: _Request) -> None:
         """Wait for the answer(s) and record the outcome (never raises: the flow reports it)."""
+        await self._async_run_commands(request)
+
+    @callback
+    def async_remove(self) -> None:
+        """The flow ended or the dialog was closed: no more nudges."""
+        self._cancel_nudges()
+
+    def _cancel_nudges(self) -> None:
+        for cancel in self._nudges:
+            cancel()
+        self._nudges.clear()
+
+    @callback
+    def _async_nudge_frontend(self, _now: Any = None) -> None:
+        """Tell the browser again that the flow moved on, if it has not fetched the new step yet.
+
+        Home Assistant tells the frontend once ("data_entry_flow_progressed") when the task ends.
+        The frontend subscribes to that event only after it has drawn the spinner, so an answer
+        that came in between was never heard of and the spinner turned for ever (issue 15). The
+        flow still standing at "progress done" means nobody fetched the result: say it again.
+        """
+        if (self.cur_step or {}).get("type") != FlowResultType.SHOW_PROGRESS_DONE:
+            return
+        try:
+            self.hass.config_entries.options.async_get(self.flow_id)
+        except UnknownFlow:  # the dialog was closed
+            return
+        self.hass.bus.async_fire(
+            EVENT_DATA_ENTRY_FLOW_PROGRESSED, {"handler": self.handler, "flow_id": self.flow_id, "refresh": True}
+        )
+
+    async def _async_run_commands(self, request: _Request) -> None:
         if request.command not in BATCH_COMMANDS:
             request.data = await self._async_send(request, request.command, request.payload)
             return
@@ -545,6 +599,7 @@ class BluPowOptionsFlow(OptionsFlow):
 
     async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Report the gateway's answer: success, its error text word for word, or no answer."""
+        self._cancel_nudges()
         request, self._task = self._request, None
         assert request is not None
         if request.command == "scan":

@@ -20,6 +20,7 @@ from homeassistant.data_entry_flow import FlowResult, FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
+from custom_components.blupow import config_flow
 from custom_components.blupow.const import DOMAIN
 
 INTEGRATION_DIR = Path(__file__).resolve().parents[2] / "custom_components" / "blupow"
@@ -71,6 +72,13 @@ DEVICE_FROM_COMMAND: dict[str, Any] = {
 @pytest.fixture(autouse=True)
 def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
     """Let Home Assistant load custom_components/blupow."""
+
+
+@pytest.fixture(autouse=True)
+def answers_after_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests answer a command after the step that sent it returned, as a slow gateway does: the
+    step must not wait for a quick answer first (test_progress.py covers that one)."""
+    monkeypatch.setattr(config_flow, "QUICK_ANSWER", 0)
 
 
 @pytest.fixture

@@ -372,6 +372,8 @@ async def test_edit_and_dissolve_a_bank(
         respond(hass, cleared[-1], data={})
     assert [c["bank"] for c in cleared] == [None, None]  # untick all: the bank is dissolved
     assert [c["mac_address"] for c in cleared] == [HUB, "C4:64:E3:00:00:77"]
+    result = await _finish(hass, result)
+    assert result["type"] == FlowResultType.ABORT and result["reason"] == "bank_done"
 
 
 @pytest.mark.parametrize("name", ["", "  ", "---", "x" * 41])
