@@ -179,9 +179,24 @@ class FlowDialog:
         self.page.type_text(text)
 
     def select(self, label: str, option: str) -> None:
-        """Open the drop-down labelled ``label`` and click ``option``."""
-        self._click({"scope": _FORM, "selector": "ha-select", "label": label})
-        self._click({"scope": _FORM, "selector": "mwc-list-item", "text": option})
+        """Open the drop-down labelled ``label`` and click ``option``; again, as a person would, if
+        the drop-down did not take it (a click while its menu still opens is lost)."""
+        item = {"scope": _FORM, "selector": "mwc-list-item", "text": option}
+        for _ in range(3):
+            if not self.page.evaluate(f"!!window.__e2e.find({json.dumps(item)})"):  # the menu is closed
+                self._click({"scope": _FORM, "selector": "ha-select", "label": label})
+            self._click(item)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                if option in self.select_text(label):
+                    return
+                time.sleep(POLL_INTERVAL)
+        self.fail("select", f"the drop-down {label!r} did not take {option!r}; it shows {self.select_text(label)!r}")
+
+    def select_text(self, label: str) -> str:
+        """What the drop-down labelled ``label`` shows as chosen."""
+        query = f"""window.__e2e.find({{scope: "{_FORM}", selector: "ha-select", label: {json.dumps(label)}}})"""
+        return str(self.page.evaluate(f"(({query} || {{}}).selectedText || '')") or "")
 
     def submit(self) -> None:
         self._click({"scope": _FORM, "selector": _BUTTONS, "text": "Submit"})
