@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,22 @@ DEVICE_FROM_COMMAND: dict[str, Any] = {
 @pytest.fixture(autouse=True)
 def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
     """Let Home Assistant load custom_components/blupow."""
+
+
+@pytest.fixture(autouse=True)
+async def no_lingering_mqtt_misc_timer(hass: HomeAssistant) -> AsyncIterator[None]:
+    """Stop the MQTT client's 1 s housekeeping timer after each test, as a closing socket does.
+
+    From Home Assistant 2024.x the MQTT client runs that timer while its socket is open; the test
+    plugin's mocked paho client never closes one, so every test would end with it pending and fail
+    the plugin's own lingering-timer check (62 teardowns on 2025.4.4). BluPow's timers are still
+    checked: only this one, which is not ours, is stopped.
+    """
+    yield
+    client = getattr(hass.data.get("mqtt"), "client", None)
+    if (timer := getattr(client, "_misc_timer", None)) is not None:
+        timer.cancel()
+        client._misc_timer = None
 
 
 @pytest.fixture(autouse=True)

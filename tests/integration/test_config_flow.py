@@ -182,8 +182,11 @@ async def test_ignored_discovery_stays_ignored(hass: HomeAssistant, mqtt_mock: M
     result = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": config_entries.SOURCE_MQTT}, data=_service_info(json.dumps(gateway_info()))
     )
+    # refused, whichever check comes first (ours: already_configured; Home Assistant's own
+    # single-instance check from 2024.x on: single_instance_allowed), and no card shows up again
     assert result["type"] == FlowResultType.ABORT
-    assert result["reason"] == "already_configured"
+    assert result["reason"] in ("already_configured", "single_instance_allowed")
+    assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
 
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
     result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
