@@ -16,13 +16,8 @@ from typing import Any
 import voluptuous as vol
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigEntry, ConfigEntryState, ConfigFlow, OptionsFlow
-from homeassistant.core import CALLBACK_TYPE, callback
-from homeassistant.data_entry_flow import (
-    EVENT_DATA_ENTRY_FLOW_PROGRESSED,
-    FlowResult,
-    FlowResultType,
-    UnknownFlow,
-)
+from homeassistant.core import callback
+from homeassistant.data_entry_flow import FlowResult
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.event import async_call_later
 from homeassistant.helpers.selector import (
@@ -152,7 +147,7 @@ BANK_TYPE = "renogy_battery"  # the only type a battery bank groups
 BANK_NAME_MAX = 40  # the gateway's limit (docs/mqtt-api.md)
 MODULE_PREFIX = "module:"  # remove form value for every unit of a Bluetooth module
 QUICK_ANSWER = 1.0  # s: an answer within this comes with the step itself (no spinner)
-NUDGE_DELAYS = (1.0, 3.0, 10.0)  # s after an answer: tell a browser that missed it again
+LISTEN_GRACE = 2.0  # s a browser has after drawing a spinner to listen for its end
 
 
 class BluPowOptionsFlow(OptionsFlow):
@@ -168,7 +163,7 @@ class BluPowOptionsFlow(OptionsFlow):
         self._probe: dict[str, Any] = {}  # the probe_module answer of the module picked after a scan
         self._removal_choice: str | None = None  # the remove form's pick, until it is confirmed
         self._removal_name = ""  # its name: the gateway's answer to remove_device carries none
-        self._nudges: list[CALLBACK_TYPE] = []  # pending _async_nudge_frontend timers
+        self._shown_at: float | None = None  # loop time the spinner of the running command was shown
 
     # -- navigation ----------------------------------------------------------------------------
 
@@ -501,12 +496,14 @@ class BluPowOptionsFlow(OptionsFlow):
     ) -> FlowResult:
         """Send the command in a task; the flow shows progress until the gateway answers.
 
-        A quick answer (most are) comes with this very step, so the browser shows the result and no
-        spinner. For a slower one the browser shows a spinner and waits for Home Assistant's
-        "flow progressed" event, which it may subscribe to only after the answer came: see
-        _async_nudge_frontend.
+        Home Assistant tells the browser once, with a "data_entry_flow_progressed" event, that the
+        task ended; the browser subscribes to that event only after it has drawn the spinner, so an
+        answer that came in between went unheard and the spinner turned for ever (issue 15). So a
+        quick answer (most are) comes with this very step, and a slower one is not reported before
+        the browser has had LISTEN_GRACE to subscribe (_async_run).
         """
         self._request = _Request(command, payload, batch=batch or [])
+        self._shown_at = None
         self._task = self.hass.async_create_task(self._async_run(self._request), f"blupow {command}")
         if QUICK_ANSWER > 0:
             await asyncio.wait({self._task}, timeout=QUICK_ANSWER)
@@ -516,6 +513,8 @@ class BluPowOptionsFlow(OptionsFlow):
         """Called again by the flow manager when the task ends (under the step that started it)."""
         assert self._task is not None and self._request is not None
         if not self._task.done():
+            if self._shown_at is None:
+                self._shown_at = self.hass.loop.time()
             payload = self._request.payload
             return self.async_show_progress(
                 progress_action=self._request.command,
@@ -528,45 +527,27 @@ class BluPowOptionsFlow(OptionsFlow):
                     }
                 ),
             )
-        # until the browser fetches the result (async_step_finish); not for a wait cut short by
-        # an unload or a stop
-        live = self._entry.state is ConfigEntryState.LOADED and not self.hass.is_stopping
-        if not self._nudges and not self._task.cancelled() and live:
-            self._nudges = [async_call_later(self.hass, delay, self._async_nudge_frontend) for delay in NUDGE_DELAYS]
         return self.async_show_progress_done(next_step_id="finish")
 
     async def _async_run(self, request: _Request) -> None:
-        """Wait for the answer(s) and record the outcome (never raises: the flow reports it)."""
+        """Wait for the answer(s) and record the outcome (never raises: the flow reports it); then,
+        if a spinner is showing, end no sooner than LISTEN_GRACE after it was shown."""
         await self._async_run_commands(request)
+        if self._shown_at is None:
+            return  # no spinner: the answer goes out with the step
+        if (wait := self._shown_at + LISTEN_GRACE - self.hass.loop.time()) > 0:
+            listening: asyncio.Future[None] = self.hass.loop.create_future()
 
-    @callback
-    def async_remove(self) -> None:
-        """The flow ended or the dialog was closed: no more nudges."""
-        self._cancel_nudges()
+            @callback  # on the event loop: a plain function would run in the executor
+            def listened(_now: Any) -> None:
+                if not listening.done():
+                    listening.set_result(None)
 
-    def _cancel_nudges(self) -> None:
-        for cancel in self._nudges:
-            cancel()
-        self._nudges.clear()
-
-    @callback
-    def _async_nudge_frontend(self, _now: Any = None) -> None:
-        """Tell the browser again that the flow moved on, if it has not fetched the new step yet.
-
-        Home Assistant tells the frontend once ("data_entry_flow_progressed") when the task ends.
-        The frontend subscribes to that event only after it has drawn the spinner, so an answer
-        that came in between was never heard of and the spinner turned for ever (issue 15). The
-        flow still standing at "progress done" means nobody fetched the result: say it again.
-        """
-        if (self.cur_step or {}).get("type") != FlowResultType.SHOW_PROGRESS_DONE:
-            return
-        try:
-            self.hass.config_entries.options.async_get(self.flow_id)
-        except UnknownFlow:  # the dialog was closed
-            return
-        self.hass.bus.async_fire(
-            EVENT_DATA_ENTRY_FLOW_PROGRESSED, {"handler": self.handler, "flow_id": self.flow_id, "refresh": True}
-        )
+            cancel = async_call_later(self.hass, wait, listened)
+            try:
+                await listening
+            finally:
+                cancel()
 
     async def _async_run_commands(self, request: _Request) -> None:
         if request.command not in BATCH_COMMANDS:
@@ -599,7 +580,6 @@ class BluPowOptionsFlow(OptionsFlow):
 
     async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Report the gateway's answer: success, its error text word for word, or no answer."""
-        self._cancel_nudges()
         request, self._task = self._request, None
         assert request is not None
         if request.command == "scan":

@@ -94,8 +94,10 @@ async def no_lingering_mqtt_misc_timer(hass: HomeAssistant) -> AsyncIterator[Non
 @pytest.fixture(autouse=True)
 def answers_after_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tests answer a command after the step that sent it returned, as a slow gateway does: the
-    step must not wait for a quick answer first (test_progress.py covers that one)."""
+    step must not wait for a quick answer first, nor the end for a browser to listen
+    (test_progress.py covers both)."""
     monkeypatch.setattr(config_flow, "QUICK_ANSWER", 0)
+    monkeypatch.setattr(config_flow, "LISTEN_GRACE", 0)
 
 
 @pytest.fixture

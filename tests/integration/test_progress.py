@@ -2,8 +2,8 @@
 
 Home Assistant tells the frontend once, with a "data_entry_flow_progressed" event, that a
 progress step is over; the frontend subscribes to it only once it has drawn the spinner. An answer
-that came in between went unheard. Now a quick answer comes with the step itself, and a flow left
-at "progress done" (nobody fetched the result) says it again a little later.
+that came in between went unheard. Now a quick answer comes with the step itself, and the end of a
+spinner is not told before the browser has had LISTEN_GRACE to listen.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 from custom_components.blupow import config_flow
 
 ADD = {"mac_address": "D8:B6:73:BF:4F:75", "type": "renogy_inverter"}
+
+
+async def _settle() -> None:
+    """Let the loop run what is ready, without waiting for timers."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 async def _add_form(hass: HomeAssistant, entry: MockConfigEntry) -> str:
@@ -50,42 +56,39 @@ async def test_a_quick_answer_comes_with_the_step(
     assert result["type"] == FlowResultType.ABORT and result["reason"] == "device_added"
 
 
-async def test_a_browser_that_missed_the_end_is_told_again(
-    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
+async def test_the_end_is_told_only_once_the_browser_listens(
+    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An answer right after the spinner was drawn is reported after the grace, not before."""
+    monkeypatch.setattr(config_flow, "LISTEN_GRACE", 2.0)
     progressed = async_capture_events(hass, EVENT_DATA_ENTRY_FLOW_PROGRESSED)
     flow_id = await _add_form(hass, entry)
     result = await hass.config_entries.options.async_configure(flow_id, ADD)
     assert result["type"] == FlowResultType.SHOW_PROGRESS
     respond(hass, await next_command(mqtt_mock), data={**DEVICE_FROM_COMMAND, "status": "pending"})
-    await hass.async_block_till_done()
-    told = len(progressed)
-    assert told >= 1  # Home Assistant's own event, which a late subscriber never sees
+    await _settle()  # the answer is in; the task now waits out the grace (a timer, so no block_till_done)
+    assert progressed == []  # the browser may not be listening yet: nothing said
 
-    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1.5))
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2.5))
     await hass.async_block_till_done()
-    assert len(progressed) == told + 1  # said again: nobody fetched the result yet
-    assert progressed[-1].data == {"handler": entry.entry_id, "flow_id": flow_id, "refresh": True}
-
-    result = await hass.config_entries.options.async_configure(flow_id)  # the browser fetches it now
+    assert [event.data for event in progressed] == [{"handler": entry.entry_id, "flow_id": flow_id, "refresh": True}]
+    result = await hass.config_entries.options.async_configure(flow_id)  # the browser fetches it
     assert result["type"] == FlowResultType.ABORT and result["reason"] == "device_added"
-    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=30))
-    await hass.async_block_till_done()
-    assert len(progressed) == told + 1  # and no more once it did
+    assert len(progressed) == 1  # said once: a second fetch would find the flow gone
 
 
-async def test_nothing_is_said_after_the_dialog_was_closed(
-    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
+async def test_closing_the_dialog_meanwhile_leaves_nothing_behind(
+    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(config_flow, "LISTEN_GRACE", 2.0)
     progressed = async_capture_events(hass, EVENT_DATA_ENTRY_FLOW_PROGRESSED)
     flow_id = await _add_form(hass, entry)
     await hass.config_entries.options.async_configure(flow_id, ADD)
     respond(hass, await next_command(mqtt_mock), data={**DEVICE_FROM_COMMAND, "status": "pending"})
-    await hass.async_block_till_done()
-    told = len(progressed)
+    await _settle()
 
     hass.config_entries.options.async_abort(flow_id)  # the X of the dialog
     async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=30))
     await hass.async_block_till_done()
 
-    assert len(progressed) == told
+    assert progressed == []
