@@ -45,7 +45,10 @@ def current(key: str, reg: int, description: str, scale: float = 0.01, **kw: Any
     return measurement(key, reg, description, unit="A", device_class="current", scale=scale, **kw)
 
 
-def power(key: str, reg: int, description: str, unit: str = "W", device_class: str = "power", **kw: Any) -> Field:
+def power(
+    key: str, reg: int | None, description: str, unit: str = "W", device_class: str = "power", **kw: Any
+) -> Field:
+    """A power in W; with ``reg`` None, derived by ``compute``."""
     return measurement(key, reg, description, unit=unit, device_class=device_class, **kw)
 
 

@@ -85,29 +85,19 @@ class RenogyInverter(BaseDevice):
             description="Charger stage",
         ),
         power("charging_power", 4333, "Battery charging power"),
-        Field(
+        power(
             "battery_power",
             None,
+            "Battery power, positive while charging (derived: battery voltage x charging current)",
             compute=lambda v: v["battery_voltage"] * v["charging_current"],
-            unit="W",
-            device_class="power",
-            state_class="measurement",
-            precision=0,
-            description="Battery power, positive while charging (derived: battery voltage x charging current)",
         ),
-        Field(
+        power(
             "ac_input_power",
             None,
+            "Power taken from the AC input (derived: voltage x current, which is the apparent power: "
+            "a little above the real power when the load's power factor is poor)",
             compute=lambda v: v["ac_input_voltage"] * v["ac_input_current"],
-            unit="W",
-            device_class="power",
-            state_class="measurement",
-            precision=0,
             name="AC input power",
-            description=(
-                "Power taken from the AC input (derived: voltage x current, which is the apparent power: "
-                "a little above the real power when the load's power factor is poor)"
-            ),
         ),
         # 4408 load current: x0.1 A in renogy-bt and renogy-ble's RIV4835 path,
         # x0.01 A in renogy-ble's generic path; two sources against one, and the
