@@ -28,9 +28,10 @@ LOG_TAIL_LINES = 120
 _state: dict[str, Any] = {"stack": None, "timings": {}}
 
 
-# An hour ends on Home Assistant's clock this long after the stack starts, once every device has
-# been counting energy for a few minutes: test_energy_dashboard_shows_the_hour_in_the_browser.
-HOUR_ENDS_IN = float(os.environ.get("BLUPOW_E2E_HOUR_ENDS_IN", "300"))
+# Opt-in: an hour ends on Home Assistant's (libfaketime-moved) clock this long after the stack
+# starts, so the Energy dashboard has a completed hour to draw (test_energy_dashboard_in_the_browser).
+# Off by default: libfaketime crashed Home Assistant once in a clean-checkout CI run.
+HOUR_ENDS_IN = float(os.environ["BLUPOW_E2E_HOUR_ENDS_IN"]) if os.environ.get("BLUPOW_E2E_HOUR_ENDS_IN") else None
 
 
 @pytest.fixture(scope="session")
