@@ -130,6 +130,7 @@ class _Request:
 
     ``add_units`` and ``remove_units`` are the flow's own: one ``add_device`` / ``remove_device``
     per entry of ``batch`` (a label for the report, the payload), one after another.
+    ``undo_add`` is a ``remove_device`` of the unit just added, when its first contact failed.
     """
 
     command: str
@@ -140,14 +141,19 @@ class _Request:
     batch: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)  # labels of the batch's units the gateway took
     failed: list[str] = field(default_factory=list)  # "label: the gateway's error" for the others
+    contact: dict[str, Any] | None = None  # add_device: the event of the unit's first poll, if in time
 
 
 BATCH_COMMANDS = {"add_units": "add_device", "remove_units": "remove_device", "bank_units": "update_device"}
+SENT_AS = {"undo_add": "remove_device"}  # the flow's own names for a gateway command
 BANK_TYPE = "renogy_battery"  # the only type a battery bank groups
 BANK_NAME_MAX = 40  # the gateway's limit (docs/mqtt-api.md)
 MODULE_PREFIX = "module:"  # remove form value for every unit of a Bluetooth module
 QUICK_ANSWER = 1.0  # s: an answer within this comes with the step itself (no spinner)
 LISTEN_GRACE = 2.0  # s a browser has after drawing a spinner to listen for its end
+# s an added device has to answer its first poll before the dialog says it was not reached: the
+# gateway's connect timeout (20 s by default) and a poll, with room for a module's other units
+FIRST_CONTACT_TIMEOUT = 60.0
 
 
 class BluPowOptionsFlow(OptionsFlow):
@@ -164,6 +170,8 @@ class BluPowOptionsFlow(OptionsFlow):
         self._removal_choice: str | None = None  # the remove form's pick, until it is confirmed
         self._removal_name = ""  # its name: the gateway's answer to remove_device carries none
         self._shown_at: float | None = None  # loop time the spinner of the running command was shown
+        self._unanswered: dict[str, str] = {}  # the unit just added that did not answer, in words
+        self._undo: dict[str, Any] = {}  # and the remove_device payload that takes it back
 
     # -- navigation ----------------------------------------------------------------------------
 
@@ -524,6 +532,7 @@ class BluPowOptionsFlow(OptionsFlow):
                         "seconds": str(payload.get("seconds", "")),
                         CONF_MAC_ADDRESS: str(payload.get(CONF_MAC_ADDRESS, "")),
                         "count": str(len(self._request.batch)),
+                        "timeout": f"{FIRST_CONTACT_TIMEOUT:g}",
                     }
                 ),
             )
@@ -550,8 +559,12 @@ class BluPowOptionsFlow(OptionsFlow):
                 cancel()
 
     async def _async_run_commands(self, request: _Request) -> None:
+        if request.command == "add_device":
+            await self._async_add(request)
+            return
         if request.command not in BATCH_COMMANDS:
-            request.data = await self._async_send(request, request.command, request.payload)
+            command = SENT_AS.get(request.command, request.command)
+            request.data = await self._async_send(request, command, request.payload)
             return
         for index, (label, payload) in enumerate(request.batch):
             if await self._async_send(request, BATCH_COMMANDS[request.command], payload) is not None:
@@ -563,6 +576,22 @@ class BluPowOptionsFlow(OptionsFlow):
                 request.failed.append(f"{label}: {_reason(request)}")
                 request.failed += [other for other, _ in request.batch[index + 1 :]]
                 break
+
+    async def _async_add(self, request: _Request) -> None:
+        """add_device, then wait (bounded) for how the gateway's first poll of the unit went.
+
+        The answer comes as soon as the record is saved; whether the device is there is only known
+        after the gateway connected to it, so the dialog says "Found …" or "Not reachable" then.
+        The events are watched before the command goes out: the first poll can be that quick.
+        """
+        if (hub := get_hub(self.hass)) is None:
+            request.error_key = "gateway_offline"
+            return
+        with hub.watch_events(self._gateway_id, str(request.payload[CONF_MAC_ADDRESS])) as events:
+            request.data = await self._async_send(request, "add_device", request.payload)
+            if request.data is not None:
+                unit_id = str(request.data.get("unit_id") or "")
+                request.contact = await events.async_first_contact(unit_id, FIRST_CONTACT_TIMEOUT)
 
     async def _async_send(self, request: _Request, command: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         """The answer's data, or None with the error recorded in ``request``."""
@@ -590,17 +619,17 @@ class BluPowOptionsFlow(OptionsFlow):
             return self._batch_finished(request)
         gateway = self._current_gateway()
         if request.data is not None:
+            if request.command == "add_device":
+                return self._added_finished(request, request.data)
             record = request.data
             mac = str(record.get(CONF_MAC_ADDRESS) or request.payload[CONF_MAC_ADDRESS])
-            reason = "device_added" if request.command == "add_device" else "device_removed"
-            known = self._removal_name if request.command == "remove_device" else ""
-            name = str(record.get(CONF_NAME) or known or mac)
+            reason = "add_undone" if request.command == "undo_add" else "device_removed"
+            name = str(record.get(CONF_NAME) or self._removal_name or mac)
+            return self.async_abort(reason=reason, description_placeholders=self._placeholders(_named(name, mac)))
+        if request.command == "undo_add":  # the unit stays added: say so with the gateway's reason
             return self.async_abort(
-                reason=reason,
-                description_placeholders=self._placeholders(
-                    # the device named once: "Van DCC (C4:…)", or the address alone when it has no name
-                    {CONF_MAC_ADDRESS: mac, CONF_NAME: name, "device": mac if name == mac else f"{name} ({mac})"}
-                ),
+                reason="undo_failed",
+                description_placeholders=self._placeholders({**self._unanswered, "error": _undo_error(request)}),
             )
         if gateway is None:
             return self._abort_offline()
@@ -608,6 +637,51 @@ class BluPowOptionsFlow(OptionsFlow):
         if request.command == "add_device":
             return self._show_add_form(gateway, errors, request.placeholders)
         return self._show_remove_form(gateway, errors, request.placeholders)
+
+    def _added_finished(self, request: _Request, record: dict[str, Any]) -> FlowResult:
+        """ "Found …" when the first poll answered; otherwise why not, and keep it or not."""
+        mac = str(record.get(CONF_MAC_ADDRESS) or request.payload[CONF_MAC_ADDRESS])
+        named = _named(str(record.get(CONF_NAME) or mac), mac)
+        contact = request.contact
+        if contact is not None and contact.get("type") == "device_connected":
+            found = _found_words(str(record.get(CONF_TYPE) or request.payload[CONF_TYPE]), contact.get("data"))
+            return self.async_abort(
+                reason="device_found", description_placeholders=self._placeholders({**named, "found": found})
+            )
+        if contact is None and self._current_gateway() is None:
+            return self._abort_offline()  # the wait ended because BluPow unloaded or the gateway left
+        data = contact.get("data") if contact is not None else None
+        error = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(error, str) or not error:
+            error = f"no answer within {FIRST_CONTACT_TIMEOUT:g} seconds"
+        self._removal_name = named[CONF_NAME]
+        self._unanswered = {**named, "error": error}
+        # by its Modbus id, which names the unit whether or not its module carries others
+        modbus_id = record.get(CONF_MODBUS_ID)
+        self._undo = {CONF_MAC_ADDRESS: mac, **({CONF_MODBUS_ID: modbus_id} if isinstance(modbus_id, int) else {})}
+        return self._show_not_reachable()
+
+    async def async_step_not_reachable(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        return self._show_not_reachable()
+
+    def _show_not_reachable(self) -> FlowResult:
+        return self.async_show_menu(
+            step_id="not_reachable",
+            menu_options=["keep_device", "undo_add"],
+            description_placeholders=self._placeholders(self._unanswered),
+        )
+
+    async def async_step_keep_device(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Keep the unit that did not answer: the gateway goes on trying."""
+        return self.async_abort(reason="device_kept", description_placeholders=self._placeholders(self._unanswered))
+
+    async def async_step_undo_add(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Take back the unit that did not answer (a typo in the address, the wrong module)."""
+        if self._task is not None:
+            return self._progress()
+        if self._current_gateway() is None:
+            return self._abort_offline()
+        return await self._start("undo_add", self._undo)
 
     def _scan_finished(self, request: _Request) -> FlowResult:
         if request.data is None:
@@ -697,7 +771,7 @@ class BluPowOptionsFlow(OptionsFlow):
 # Every {placeholder} of the options texts in strings.json (a test checks the list is complete).
 PLACEHOLDERS = (
     "gateway_id", "error", "timeout", "seconds", "mac_address", "name", "count", "summary", "added",
-    "names", "failed", "bank", "banks", "plan", "device",
+    "names", "failed", "bank", "banks", "plan", "device", "found",
 )  # fmt: skip
 
 
@@ -783,6 +857,28 @@ def _unit_payloads(probe: dict[str, Any], units: list[dict[str, Any]]) -> list[t
             payload[CONF_NAME] = f"{word} {mac.replace(':', '')[-4:]} #{unit['modbus_id']}"
         payloads.append((unit, payload))
     return payloads
+
+
+def _named(name: str, mac: str) -> dict[str, str]:
+    """The device named once: "Van DCC (C4:…)", or the address alone when it has no name."""
+    return {CONF_MAC_ADDRESS: mac, CONF_NAME: name, "device": mac if name == mac else f"{name} ({mac})"}
+
+
+def _found_words(type_name: str, identity: Any) -> str:
+    """What the unit said it is: "RNG-CTRL-RVR40, serial 1501FFFF, firmware V1.0.4" (the
+    gateway's device_connected event); its type in words when its family does not tell."""
+    said = identity if isinstance(identity, dict) else {}
+    words = [str(said.get("model") or TYPE_WORDS.get(type_name, type_name))]
+    words += [
+        f"{label} {said[key]}" for key, label in (("serial", "serial"), ("firmware", "firmware")) if said.get(key)
+    ]
+    return ", ".join(words)
+
+
+def _undo_error(request: _Request) -> str:
+    if request.error_key == "gateway_error":
+        return request.placeholders["error"]
+    return _reason(request)
 
 
 def _reason(request: _Request) -> str:

@@ -2,7 +2,8 @@
 
 Everything comes from the gateways' retained topics (docs/mqtt-api.md): `<base>/<gw>/info`,
 `<base>/<gw>/state` and `<base>/<gw>/devices`. Commands go to `<base>/<gw>/command` and are answered
-on `<base>/<gw>/response`, matched by a random transaction id.
+on `<base>/<gw>/response`, matched by a random transaction id. A flow that wants to know how a
+device's first contact went watches `<base>/<gw>/event` (:meth:`BluPowHub.watch_events`).
 
 The response topic is subscribed once, when the config entry is set up, rather than once per
 command: Home Assistant's MQTT client sends SUBSCRIBE packets after a short debounce, so a fresh
@@ -13,11 +14,12 @@ place long before any command is published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +105,33 @@ def command_timeout(command: str, payload: dict[str, Any]) -> float:
     return COMMAND_TIMEOUT
 
 
+# The events that tell how a poll of a unit went (docs/mqtt-api.md, "Events").
+CONTACT_EVENTS = ("device_connected", "device_failed", "device_unavailable")
+
+
+class UnitEvents:
+    """The events of one module's units, collected from before a command is sent: a new unit's
+    first poll can follow the command's answer within milliseconds."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def put(self, event: dict[str, Any] | None) -> None:
+        """An event; None ends the watch (the integration is unloading)."""
+        self._queue.put_nowait(event)
+
+    async def async_first_contact(self, unit_id: str, within: float) -> dict[str, Any] | None:
+        """The unit's first connected / failed / unavailable event, or None if none came in time."""
+        try:
+            async with asyncio.timeout(within):
+                while (event := await self._queue.get()) is not None:
+                    if event.get("unit_id") == unit_id and event.get("type") in CONTACT_EVENTS:
+                        return event
+        except TimeoutError:
+            pass
+        return None
+
+
 class BluPowHub:
     """The gateways registry plus the requests waiting for an answer."""
 
@@ -110,6 +139,7 @@ class BluPowHub:
         self.hass = hass
         self.gateways: dict[str, Gateway] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self._watches: dict[tuple[str, str], list[UnitEvents]] = {}
 
     async def async_subscribe(self) -> list[CALLBACK_TYPE]:
         """Subscribe to every gateway's topics; returns the unsubscribe callbacks."""
@@ -118,6 +148,7 @@ class BluPowHub:
             "info": self._on_info,
             "state": self._on_state,
             "devices": self._on_devices,
+            "event": self._on_event,
         }
         return [
             await mqtt.async_subscribe(self.hass, f"{BASE_TOPIC}/+/{leaf}", handler, qos=1)
@@ -131,6 +162,23 @@ class BluPowHub:
             if not future.done():
                 future.set_exception(GatewayUnavailableError(gateway_id))
         self._pending.clear()
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.put(None)
+
+    @contextlib.contextmanager
+    def watch_events(self, gateway_id: str, mac: str) -> Iterator[UnitEvents]:
+        """Collect the events of the units of module ``mac`` on this gateway while in the block."""
+        key, watch = (gateway_id, mac.upper()), UnitEvents()
+        self._watches.setdefault(key, []).append(watch)
+        try:
+            yield watch
+        finally:
+            watches = self._watches.get(key, [])
+            if watch in watches:
+                watches.remove(watch)
+            if not watches:
+                self._watches.pop(key, None)
 
     def online_gateways(self) -> list[Gateway]:
         return sorted((gw for gw in self.gateways.values() if gw.online), key=lambda gw: gw.gateway_id)
@@ -180,6 +228,16 @@ class BluPowHub:
         self._gateway(gateway_id).devices = [
             device for device in devices if isinstance(device, dict) and isinstance(device.get("mac_address"), str)
         ]
+
+    @callback
+    def _on_event(self, msg: mqtt.ReceiveMessage) -> None:
+        if not self._watches:
+            return
+        event = decode_json(msg.payload)
+        if not isinstance(event, dict) or not isinstance(mac := event.get("mac_address"), str):
+            return
+        for watch in self._watches.get((_gateway_id(msg.topic), mac.upper()), []):
+            watch.put(event)
 
     @callback
     def _on_response(self, msg: mqtt.ReceiveMessage) -> None:

@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         stack.configure_home_assistant()
         for device in stack.sim.devices if stack.sim else []:
             result = stack.add_device(device)
-            outcome = "added" if result.get("reason") == "device_added" else f"NOT added: {result}"
+            found = result.get("description_placeholders", {}).get("found")
+            outcome = f"added: found {found}" if result.get("reason") == "device_found" else f"NOT added: {result}"
             print(f"develop: {device.type} {device.mac} {outcome}", flush=True)
         for module in stack.sim.modules if stack.sim else []:  # a hub: scanned, probed, all of it added
             found, result = stack.probe_and_add(module.mac)

@@ -27,7 +27,7 @@ HTTP_TIMEOUT = 20.0
 WS_TIMEOUT = 20.0
 # Flows whose steps wait for the gateway (add/remove device) show progress for at most the
 # integration's command timeout (10 s); allow that plus Home Assistant's own scheduling.
-FLOW_PROGRESS_TIMEOUT = 30.0
+FLOW_PROGRESS_TIMEOUT = 75.0  # an add waits up to 60 s for the first contact (config_flow.FIRST_CONTACT_TIMEOUT)
 
 
 class HAError(StackError):

@@ -725,6 +725,13 @@ class Stack:
         entries = self.api.ws("config/entity_registry/list")
         return {e["unique_id"]: e for e in entries if e["platform"] == "mqtt" and e["unique_id"].startswith(prefix)}
 
+    def gateway_devices(self) -> list[dict[str, Any]]:
+        """The gateway's retained device list as last seen on MQTT."""
+        if self.monitor is None or (message := self.monitor.last(f"{BASE_TOPIC}/{GATEWAY_ID}/devices")) is None:
+            raise StackError("the gateway never published its device list")
+        devices = json.loads(message.payload) if message.payload else []
+        return [device for device in devices if isinstance(device, dict)] if isinstance(devices, list) else []
+
     def device_entry(self, mac: str) -> dict[str, Any] | None:
         ident = f"blupow_{mac.replace(':', '').upper()}"
         for device in self.api.ws("config/device_registry/list"):

@@ -28,6 +28,8 @@ SCAN = "Scan for Bluetooth modules and the devices behind them"
 ADD = "Add a device by its address"
 REMOVE = "Remove a device"
 INVALID_MAC = "This is not a Bluetooth address. Write it as AA:BB:CC:DD:EE:FF."
+KEEP = "Keep it: the gateway keeps trying"
+UNDO = "Do not add it"
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -163,7 +165,34 @@ def test_browser_add_by_address_always_finishes(stack: Stack, dialog: FlowDialog
         dialog.fill("Bluetooth address", charger.mac)
         dialog.select("Device type", "DC-DC charger")
         dialog.submit()
-        dialog.expect("abort", f"was added to gateway {GATEWAY_ID}", shot=f"d{attempt + 1}-added")
+        # found, in words: what the charger said it is, then where its entities are
+        text = dialog.expect("abort", "Found ", f"is added to gateway {GATEWAY_ID}", shot=f"d{attempt + 1}-found")
+        entry = wait_until(lambda: stack.device_entry(charger.mac), 30, "the charger's device entry")
+        assert f"Found {entry['model']}" in text and charger.mac in text, (text, entry)
         dialog.close()
         removed = stack.remove_device(charger.mac)
         assert removed.get("reason") == "device_removed", removed
+
+
+def test_browser_add_a_device_that_is_not_there(stack: Stack, dialog: FlowDialog) -> None:
+    """Flow E: a well-formed address of no device is not "added" in silence: the dialog says it
+    could not be reached and why, and "Do not add it" leaves nothing behind."""
+    nobody = "C4:64:E3:00:99:99"
+    dialog.open_options(stack.ha_url, "blupow")
+    dialog.expect("menu", ADD)
+    dialog.choose_menu(ADD)
+    dialog.expect("form", "Bluetooth address", "Device type")
+    dialog.fill("Bluetooth address", nobody)
+    dialog.select("Device type", "Battery: Renogy smart lithium")
+    dialog.submit()
+    text = dialog.expect("menu", "Device not reachable now", nobody, KEEP, UNDO, shot="e1-not-reachable")
+    assert "not connected to the Renogy app" in text, text
+    # the spinner meanwhile said what it waits for
+    waits = [s["text"] for s in dialog.seen if s["kind"] == "progress"]
+    assert any(f"adds {nobody} and connects to it" in text for text in waits), waits
+    assert nobody in {d["mac_address"] for d in stack.gateway_devices()}  # added, until the user says
+    dialog.choose_menu(UNDO)
+    dialog.expect("abort", f"{nobody}) was not added", shot="e2-not-added")
+    dialog.close()
+    assert nobody not in {d["mac_address"] for d in stack.gateway_devices()}
+    assert not stack.entities_of(nobody)

@@ -43,22 +43,8 @@ pytestmark = pytest.mark.timeout(420)
 
 def driver_for(stack: Stack, mac: str) -> BaseDevice:
     """The driver instance for a device as the gateway lists it (type and variant)."""
-    record = next(d for d in gateway_devices(stack) if d["mac_address"] == mac)
+    record = next(d for d in stack.gateway_devices() if d["mac_address"] == mac)
     return create_device(record["type"], variant=record.get("variant"), modbus_id=record.get("modbus_id"))
-
-
-def gateway_devices(stack: Stack) -> list[dict[str, Any]]:
-    """The gateway's retained device list as last seen on MQTT."""
-    assert stack.monitor is not None
-    message = stack.monitor.last(f"{BASE_TOPIC}/{GATEWAY_ID}/devices")
-    assert message is not None, "the gateway never published its device list"
-    devices: list[dict[str, Any]] = _json_list(message.payload)
-    return devices
-
-
-def _json_list(payload: bytes) -> list[Any]:
-    value = json.loads(payload) if payload else []
-    return value if isinstance(value, list) else []
 
 
 def numeric(f: Field) -> bool:
@@ -217,15 +203,18 @@ def test_devices_added_through_options_flow(stack: Stack, added: dict[str, dict[
     assert stack.sim is not None
     assert set(added) == {d.mac for d in stack.sim.devices}
     for mac, result in added.items():
-        assert result["type"] == "abort" and result["reason"] == "device_added", result
+        assert result["type"] == "abort" and result["reason"] == "device_found", result
         assert result["description_placeholders"]["mac_address"] == mac
+        # "Found <model>, …": what the device said it is, the model its device page shows
+        entry = wait_until(lambda: stack.device_entry(mac), 30, f"the device entry of {mac}")  # noqa: B023
+        assert result["description_placeholders"]["found"].split(",")[0] == entry["model"], result
     # The device list is republished right after each change (the flow's answer comes first).
     wait_until(
-        lambda: {d.mac for d in stack.sim.devices} <= {d["mac_address"] for d in gateway_devices(stack)},  # type: ignore[union-attr]
+        lambda: {d.mac for d in stack.sim.devices} <= {d["mac_address"] for d in stack.gateway_devices()},  # type: ignore[union-attr]
         10,
         "the gateway's device list to hold every device",
     )
-    by_mac = {d["mac_address"]: d for d in gateway_devices(stack)}
+    by_mac = {d["mac_address"]: d for d in stack.gateway_devices()}
     for device in stack.sim.devices:
         assert by_mac[device.mac]["type"] == device.type
         assert by_mac[device.mac]["origin"] == "command"
@@ -519,7 +508,7 @@ def test_removing_a_device_through_options_flow_removes_its_entities(
     wait_until(lambda: not stack.entities_of(charger.mac), ENTITY_TIMEOUT, "the charger's entities to go")
     wait_until(lambda: stack.device_entry(charger.mac) is None, ENTITY_TIMEOUT, "the charger device to go")
     assert not entity_ids & set(stack.api.states())
-    assert charger.mac not in {d["mac_address"] for d in gateway_devices(stack)}
+    assert charger.mac not in {d["mac_address"] for d in stack.gateway_devices()}
     # The others are untouched.
     assert all(stack.entities_of(d.mac) for d in stack.sim.devices if d.mac != charger.mac)
 
@@ -529,7 +518,7 @@ def test_broker_then_gateway_restart_loses_nothing(stack: Stack, added: dict[str
     remaining = [d for d in stack.sim.devices if stack.entities_of(d.mac)]
     assert remaining
     before_entities = {d.mac: set(stack.entities_of(d.mac)) for d in remaining}
-    before_devices = {d["mac_address"]: d["origin"] for d in gateway_devices(stack)}
+    before_devices = {d["mac_address"]: d["origin"] for d in stack.gateway_devices()}
     sensors = {d.mac: key_entity(stack, d) for d in remaining}
 
     since = stack.monitor.mark()
@@ -557,7 +546,7 @@ def test_broker_then_gateway_restart_loses_nothing(stack: Stack, added: dict[str
         wait_states_match(stack, device, RECOVERY_TIMEOUT)
     after_devices = wait_until(
         lambda: (
-            {d["mac_address"]: d["origin"] for d in gateway_devices(stack)}
+            {d["mac_address"]: d["origin"] for d in stack.gateway_devices()}
             if stack.monitor and stack.monitor.on(f"{BASE_TOPIC}/{GATEWAY_ID}/devices", since)
             else None
         ),

@@ -132,7 +132,13 @@ async def test_add_device_is_answered_fast_persisted_and_then_polled(
     )
     events = [m.json()["type"] for m in recorder.on(EVENT) if m.json()["mac_address"] == sim.mac]
     assert events[:2] == ["device_added", "device_connected"]
-    assert connected.json()["data"] == {}
+    # what it says it is, for the dialog that added it ("Found Rover 40A, serial …")
+    values = state.json()
+    assert connected.json()["data"] == {
+        "model": "RNG-CTRL-RVR40",
+        "firmware": values["software_version"],
+        "serial": values["serial_number"],
+    }
     assert gateway.scheduler.unit(sim.mac).stats.successes == 1
     retained = await aretained(mosquitto, f"blupow/{mac_id}/#")
     assert json.loads(retained[f"blupow/{mac_id}/state"]) == state.json()

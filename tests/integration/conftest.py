@@ -64,6 +64,8 @@ DEVICE_FROM_COMMAND: dict[str, Any] = {
     "mac_address": "D8:B6:73:BF:4F:75",
     "type": "renogy_inverter",
     "name": "Inverter",
+    "unit_id": "D8B673BF4F75",
+    "modbus_id": 32,
     "origin": "command",
     "status": "online",
     "stats": {"attempts": 120, "successes": 118, "failures": 2, "last_latency_ms": 412},
@@ -181,6 +183,20 @@ def respond(
         "error": error,
     }
     async_fire_mqtt_message(hass, f"blupow/{gateway_id}/response", json.dumps(response), 1, False)
+
+
+def gateway_event(
+    hass: HomeAssistant,
+    kind: str,
+    unit_id: str = "D8B673BF4F75",
+    data: dict[str, Any] | None = None,
+    *,
+    mac: str = "D8:B6:73:BF:4F:75",
+    gateway_id: str = "gateway",
+) -> None:
+    """An event as the gateway publishes it (docs/mqtt-api.md, "Events")."""
+    event = {"type": kind, "mac_address": mac, "unit_id": unit_id, "time": "2026-12-03T19:00:00Z", "data": data or {}}
+    async_fire_mqtt_message(hass, f"blupow/{gateway_id}/event", json.dumps(event), 1, False)
 
 
 def suggested_values(result: FlowResult) -> dict[str, Any]:

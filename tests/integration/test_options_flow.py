@@ -14,6 +14,7 @@ from conftest import (
     announce_gateway,
     assert_translated,
     commands,
+    gateway_event,
     next_command,
     respond,
     select_options,
@@ -135,12 +136,20 @@ async def test_add_device_success(hass: HomeAssistant, entry: MockConfigEntry, m
     respond(hass, {"command": None, "transaction": None}, error="payload must be a JSON object")
     await asyncio.sleep(0)
     respond(hass, request, data={**DEVICE_FROM_COMMAND, "origin": "command", "status": "pending"})
+    await asyncio.sleep(0)
+    assert result["type"] == FlowResultType.SHOW_PROGRESS  # added; now the first contact is awaited
+    # Another unit of the same module, and the same address on another gateway, are not this one.
+    gateway_event(hass, "device_failed", "D8B673BF4F75_33", {"error": "timeout"})
+    gateway_event(hass, "device_failed", data={"error": "timeout"}, gateway_id="garage")
+    gateway_event(hass, "device_added", data=DEVICE_FROM_COMMAND)
+    identity = {"model": "RIV1220PU-126", "firmware": "1.02", "serial": "2203A0042"}
+    gateway_event(hass, "device_connected", data=identity)
     result = await _finish(hass, result)
 
     assert result["type"] == FlowResultType.ABORT
-    assert result["reason"] == "device_added"
-    assert result["description_placeholders"]["name"] == "Inverter"
-    assert result["description_placeholders"]["mac_address"] == "D8:B6:73:BF:4F:75"
+    assert result["reason"] == "device_found"
+    assert result["description_placeholders"]["found"] == "RIV1220PU-126, serial 2203A0042, firmware 1.02"
+    assert result["description_placeholders"]["device"] == "Inverter (D8:B6:73:BF:4F:75)"
     assert len(commands(mqtt_mock)) == 1
     assert entry.options == {}  # the gateway's retained device list is the source of truth
 
@@ -171,12 +180,15 @@ async def test_add_device_gateway_error_word_for_word_then_retry(
     assert retry["mac_address"] == "D8:B6:73:BF:4F:76"
     assert "name" not in retry  # an emptied name lets the gateway choose its default
     assert retry["transaction"] != request["transaction"]
-    respond(hass, retry, data={"mac_address": "D8:B6:73:BF:4F:76", "name": "Inverter 4F76"})
+    respond(hass, retry, data={"mac_address": "D8:B6:73:BF:4F:76", "name": "Inverter 4F76", "unit_id": "D8B673BF4F76"})
+    await asyncio.sleep(0)
+    gateway_event(hass, "device_connected", "D8B673BF4F76", mac="D8:B6:73:BF:4F:76")  # an older gateway tells no model
     result = await _finish(hass, result)
 
     assert result["type"] == FlowResultType.ABORT
-    assert result["reason"] == "device_added"
+    assert result["reason"] == "device_found"
     assert result["description_placeholders"]["name"] == "Inverter 4F76"
+    assert result["description_placeholders"]["found"] == "Inverter"
 
 
 async def test_add_device_timeout(

@@ -12,7 +12,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from conftest import DEVICE_FROM_COMMAND, announce_gateway, assert_translated, next_command, respond
+from conftest import DEVICE_FROM_COMMAND, announce_gateway, assert_translated, gateway_event, next_command, respond
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import EVENT_DATA_ENTRY_FLOW_PROGRESSED, FlowResultType
 from homeassistant.util import dt as dt_util
@@ -48,12 +48,14 @@ async def test_a_quick_answer_comes_with_the_step(
     async def gateway_answers() -> None:
         request = await next_command(mqtt_mock)
         respond(hass, request, data={**DEVICE_FROM_COMMAND, "status": "pending"})
+        await asyncio.sleep(0)
+        gateway_event(hass, "device_connected")
 
     answering = asyncio.create_task(gateway_answers())
     result = assert_translated(await hass.config_entries.options.async_configure(flow_id, ADD))
     await answering
 
-    assert result["type"] == FlowResultType.ABORT and result["reason"] == "device_added"
+    assert result["type"] == FlowResultType.ABORT and result["reason"] == "device_found"
 
 
 async def test_the_end_is_told_only_once_the_browser_listens(
@@ -66,6 +68,8 @@ async def test_the_end_is_told_only_once_the_browser_listens(
     result = await hass.config_entries.options.async_configure(flow_id, ADD)
     assert result["type"] == FlowResultType.SHOW_PROGRESS
     respond(hass, await next_command(mqtt_mock), data={**DEVICE_FROM_COMMAND, "status": "pending"})
+    await _settle()
+    gateway_event(hass, "device_connected")
     await _settle()  # the answer is in; the task now waits out the grace (a timer, so no block_till_done)
     assert progressed == []  # the browser may not be listening yet: nothing said
 
@@ -73,7 +77,7 @@ async def test_the_end_is_told_only_once_the_browser_listens(
     await hass.async_block_till_done()
     assert [event.data for event in progressed] == [{"handler": entry.entry_id, "flow_id": flow_id, "refresh": True}]
     result = await hass.config_entries.options.async_configure(flow_id)  # the browser fetches it
-    assert result["type"] == FlowResultType.ABORT and result["reason"] == "device_added"
+    assert result["type"] == FlowResultType.ABORT and result["reason"] == "device_found"
     assert len(progressed) == 1  # said once: a second fetch would find the flow gone
 
 
@@ -85,6 +89,8 @@ async def test_closing_the_dialog_meanwhile_leaves_nothing_behind(
     flow_id = await _add_form(hass, entry)
     await hass.config_entries.options.async_configure(flow_id, ADD)
     respond(hass, await next_command(mqtt_mock), data={**DEVICE_FROM_COMMAND, "status": "pending"})
+    await _settle()
+    gateway_event(hass, "device_connected")
     await _settle()
 
     hass.config_entries.options.async_abort(flow_id)  # the X of the dialog

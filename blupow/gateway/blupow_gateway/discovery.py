@@ -171,32 +171,24 @@ def boolean_template(key: str) -> str:
 # --- device ---------------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return str(value)
-
-
 def device_block(topics: Topics, record: DeviceRecord, device: BaseDevice, values: Mapping[str, Any]) -> dict[str, Any]:
     """The ``device`` block shared by all of a device's entities."""
-    model = _text(values.get(device.model_field)) if device.model_field else None
+    identity = device.identity(values)
     block: dict[str, Any] = {
         "identifiers": [f"blupow_{record.topic_id}"],
         "name": record.name,
         "manufacturer": device.manufacturer,
-        "model": model or device.model_hint or device.type_name,
+        "model": identity.get("model") or device.model_hint or device.type_name,
         "via_device": topics.gateway_identifier,
     }
     if record.unit_id is None:
         # Only the module's first unit: Home Assistant merges devices that share a connection,
         # so the batteries of one BT-2 would become one device.
         block["connections"] = [["mac", record.mac_address]]
-    sw = _text(values.get(device.sw_field)) if device.sw_field else None
-    if sw:
-        block["sw_version"] = sw
-    serial = _text(values.get(device.serial_field)) if device.serial_field else None
-    if serial:
-        block["serial_number"] = serial
+    if "firmware" in identity:
+        block["sw_version"] = identity["firmware"]
+    if "serial" in identity:
+        block["serial_number"] = identity["serial"]
     return block
 
 
@@ -291,9 +283,7 @@ def config_inputs(record: DeviceRecord, device: BaseDevice, values: Mapping[str,
         for f in device.active_fields()
         if f.enc in _LIST_ENCODINGS and isinstance(items := values.get(f.key), list)
     )
-    texts = tuple(
-        _text(values.get(key)) if key else None for key in (device.model_field, device.sw_field, device.serial_field)
-    )
+    texts = tuple(device.identity(values).items())
     return (record, device, device.variant, texts, lengths)
 
 

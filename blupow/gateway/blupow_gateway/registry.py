@@ -184,7 +184,7 @@ class DeviceRegistry:
     def entry(self, unit: Unit) -> dict[str, Any]:
         """One unit as the device list shows it (docs/mqtt-api.md, "Device list")."""
         record, device = unit.record, unit.device
-        model = unit.values.get(device.model_field) if device is not None and device.model_field else None
+        model = device.identity(unit.values).get("model") if device is not None else None
         return {
             "mac_address": record.mac_address,
             "unit_id": unit.key,

@@ -287,7 +287,8 @@ class Gateway:
                 f" ({model})" if model else "",
                 unit.stats.last_latency_ms,
             )
-            self.event("device_connected", unit, {})
+            # what it says it is: the dialog that added it reports "Found Rover 40A, serial …"
+            self.event("device_connected", unit, unit.device.identity(unit.values) if unit.device else {})
         elif new == Status.OFFLINE:
             self.publisher.availability(unit)
             _LOGGER.warning(

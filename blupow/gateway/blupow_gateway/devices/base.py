@@ -561,6 +561,16 @@ class BaseDevice:
         """The variant a unit with this model at ``modbus_id`` is polled with (None: the default)."""
         return None
 
+    def identity(self, values: Mapping[str, Any]) -> dict[str, str]:
+        """What the unit says it is, as read: ``model``, ``firmware`` and ``serial`` (those its
+        family has and the last poll read); the device page and the first-contact event show them."""
+        found: dict[str, str] = {}
+        for name, key in (("model", self.model_field), ("firmware", self.sw_field), ("serial", self.serial_field)):
+            value = values.get(key) if key else None
+            if value is not None and (text := str(value).strip()):
+                found[name] = text
+        return found
+
     def identity_block(self) -> Block | None:
         """The registers that name the unit: the block holding the model (and serial, if nearby)."""
         return self.block_for_field(self.model_field) if self.model_field else None
