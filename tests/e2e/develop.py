@@ -36,11 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--password", help="Home Assistant password (default: a new random one)")
     parser.add_argument("--frozen", action="store_true", help="simulated values stay constant")
     parser.add_argument(
-        "--hour-soon",
+        "--real-clock",
         action="store_true",
-        help="run Home Assistant's clock ahead (libfaketime) so that an hour ends "
-        f"{FIRST_HOUR_ENDS_IN // 60} minutes after the start: the Energy dashboard draws completed hours "
-        "only (experimental: libfaketime crashed Home Assistant once)",
+        help="keep Home Assistant on the machine's clock; by default it runs up to an hour ahead so that an "
+        f"hour ends {FIRST_HOUR_ENDS_IN // 60} minutes after the start (the Energy dashboard draws completed "
+        "hours only)",
     )
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR, help="where everything is kept (.develop)")
     return parser
@@ -64,7 +64,7 @@ def _clock_lines(stack: Stack) -> list[str]:
     ends = time.strftime("%H:%M", time.localtime(stack.hour_ends - stack.ha_ahead))
     return [
         f"  Energy:          Home Assistant's clock runs {stack.ha_ahead / 60:.0f} min ahead, so the Energy dashboard",
-        f"                   shows its first hour at {ends} (it draws completed hours)",
+        f"                   shows its first hour at {ends} (it draws completed hours; --real-clock: no)",
     ]
 
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         ha_port=args.port,
         poll_interval=args.poll_interval,
         frozen=args.frozen,
-        ha_hour_ends_in=FIRST_HOUR_ENDS_IN if args.hour_soon else None,
+        ha_hour_ends_in=None if args.real_clock else FIRST_HOUR_ENDS_IN,
         gateway_log_level="info",
         username=args.username,
         **({"password": args.password} if args.password else {}),

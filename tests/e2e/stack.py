@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_BIN = ROOT / ".venv" / "gateway" / "bin"
 HA_PYTHON = ROOT / ".venv" / "ha" / "bin" / "python"
 CUSTOM_COMPONENT = ROOT / "custom_components" / "blupow"
+MOVED_CLOCK = Path(__file__).parent / "moved_clock" / "moved_clock.c"
 
 BASE_TOPIC = "blupow"
 GATEWAY_ID = "gateway"
@@ -110,7 +111,7 @@ class StackOptions:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     display_name: str = "BluPow Demo"
     ha_birth_delay: str = "0.5,1.5"  # seconds before the gateway republishes on HA's birth message
-    # Home Assistant's clock moved ahead (libfaketime) so that an hour ends this many seconds after
+    # Home Assistant's clock moved ahead (moved_clock.c) so that an hour ends this many seconds after
     # the stack is created: its Energy dashboard draws completed hours only. None: the machine's clock.
     ha_hour_ends_in: float | None = None
 
@@ -499,21 +500,23 @@ class Stack:
         return datetime.fromtimestamp(self.ha_time(), UTC)
 
     def _ha_clock_env(self) -> dict[str, str]:
-        """libfaketime for Home Assistant alone, the monotonic clock left real (faked, it hangs
-        thread waits); the other processes keep the machine's clock (Chromium does not start under
-        the library, and the test harness's own sleeps would need the same care)."""
+        """Home Assistant's wall clock moved ahead, nothing else: moved_clock/moved_clock.c, built
+        here and preloaded into that process alone (Chromium and the harness keep the machine's)."""
         if not self.ha_ahead:
             return {}
-        lib = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))), None)
-        if lib is None:
-            raise StackError("libfaketime is missing: scripts/setup system installs the faketime package")
-        return {
-            "LD_PRELOAD": str(lib),
-            "FAKETIME": f"+{self.ha_ahead:.0f}",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-            # time.sleep waits another way under it (moved_clock/sitecustomize.py says why)
-            "PYTHONPATH": str(Path(__file__).parent / "moved_clock"),
-        }
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise StackError("a C compiler is missing: scripts/setup system installs gcc")
+        library = self.state_dir / "libmovedclock.so"
+        built = subprocess.run(
+            [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(library), str(MOVED_CLOCK), "-ldl"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if built.returncode != 0:
+            raise StackError(f"building {MOVED_CLOCK.name} failed: {built.stderr.strip()}")
+        return {"LD_PRELOAD": str(library), "BLUPOW_CLOCK_AHEAD": f"{self.ha_ahead:.0f}"}
 
     def _start_home_assistant(self) -> None:
         write_ha_config(self.ha_config, self.ha_port, self.options.ha_log_level)

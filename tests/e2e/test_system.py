@@ -626,10 +626,10 @@ def period_changes(stack: Stack, sensors: dict[str, str], period: str, ends: flo
 def test_energy_dashboard_in_the_browser(stack: Stack, added: dict[str, dict[str, Any]], artifacts: Path) -> None:
     """The counters the one-step set-up added have real numbers in Home Assistant's long-term
     statistics (5-minute ones; the validation test waited for their compile), and the Energy
-    dashboard renders them in headless Chromium. Its charts draw completed hours only: with
-    BLUPOW_E2E_HOUR_ENDS_IN set, Home Assistant's clock is moved (libfaketime) so an hour ends
-    during the run and the dashboard must show non-zero kWh; by default the clock is the machine's
-    (libfaketime crashed Home Assistant in one clean-checkout run), and the chart may still be empty."""
+    dashboard renders them in headless Chromium. Its charts draw completed hours only, so Home
+    Assistant's clock is moved (stack.py) for an hour to end during the run: the hour's statistics
+    and the dashboard must show non-zero kWh. (With BLUPOW_E2E_HOUR_ENDS_IN=off the clock is the
+    machine's: the 5-minute statistics are checked and the chart may be empty.)"""
     sensors = stack.energy_sensors()
     ends = stack.hour_ends
     if ends is not None:
