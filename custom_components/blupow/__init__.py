@@ -2,8 +2,7 @@
 
 The gateway (the BluPow add-on) creates the entities itself through MQTT discovery; this
 integration only follows the gateways' retained topics and sends them commands (options flow,
-services). Runtime state lives in hass.data[DOMAIN][entry_id]: ConfigEntry.runtime_data only exists
-from Home Assistant 2024.5 and this integration supports 2024.3.
+services). What a loaded entry keeps is in runtime.py.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from homeassistant.helpers.typing import ConfigType
 from .const import DOMAIN
 from .devices import DeviceLinker, async_remove_device
 from .gateway import BluPowHub
+from .runtime import EntryRuntime
 from .services import async_register_services
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
@@ -38,10 +38,9 @@ async def async_setup_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
     for unsubscribe in await hub.async_subscribe():
         entry.async_on_unload(unsubscribe)
     entry.async_on_unload(hub.async_shutdown)
-    hass.data.setdefault(DOMAIN, {})[entry.entry_id] = hub
     linker = DeviceLinker(hass, entry)  # the gateways' devices on the BluPow page too
     entry.async_on_unload(linker.async_start())
-    hass.data.setdefault(f"{DOMAIN}_linkers", {})[entry.entry_id] = linker
+    hass.data.setdefault(DOMAIN, {})[entry.entry_id] = EntryRuntime(hub, linker)
     return True
 
 
@@ -50,13 +49,12 @@ async def async_remove_config_entry_device(
 ) -> bool:
     """*Delete* on a device page: the gateway removes the device (or the page shows why not)."""
     removed = await async_remove_device(hass, device_entry)
-    if removed and (linker := hass.data.get(f"{DOMAIN}_linkers", {}).get(entry.entry_id)) is not None:
-        linker.deleted(device_entry.id)
+    if removed and (runtime := hass.data.get(DOMAIN, {}).get(entry.entry_id)) is not None:
+        runtime.linker.deleted(device_entry.id)
     return removed
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
     """Nothing to unload but our state; the MQTT unsubscribes run as on_unload callbacks."""
     hass.data.get(DOMAIN, {}).pop(entry.entry_id, None)
-    hass.data.get(f"{DOMAIN}_linkers", {}).pop(entry.entry_id, None)
     return True

@@ -56,6 +56,8 @@ from .gateway import (
     GatewayUnavailableError,
     async_send_command,
     get_hub,
+    shares_module,
+    unit_selector,
 )
 from .validation import InvalidConfigError, decode_json, normalize_mac, parse_config
 
@@ -395,7 +397,7 @@ class BluPowOptionsFlow(OptionsFlow):
         if value.startswith(MODULE_PREFIX):
             mac = value.removeprefix(MODULE_PREFIX)
             batch = [
-                (_device_label(device, True), _removal(gateway.devices, _unit_value(gateway.devices, device)))
+                (_device_label(device, True), unit_selector(gateway.devices, device))
                 for device in _removable(gateway.devices)
                 if device["mac_address"] == mac
             ]
@@ -443,9 +445,9 @@ class BluPowOptionsFlow(OptionsFlow):
             value = _unit_value(gateway.devices, device)
             member = _slug(str(device.get(CONF_BANK) or "")) == _slug(name)
             if value in chosen and (not member or device.get(CONF_BANK) != name):
-                batch.append((_device_label(device), {**_removal(gateway.devices, value), CONF_BANK: name}))
+                batch.append((_device_label(device), {**unit_selector(gateway.devices, device), CONF_BANK: name}))
             elif value not in chosen and member:
-                batch.append((_device_label(device), {**_removal(gateway.devices, value), CONF_BANK: None}))
+                batch.append((_device_label(device), {**unit_selector(gateway.devices, device), CONF_BANK: None}))
         if not batch:
             return self._show_bank_form(gateway, {"base": "bank_unchanged"}, user_input)
         return await self._start("bank_units", {CONF_BANK: name}, batch)
@@ -946,21 +948,17 @@ def _removal_options(devices: list[dict[str, Any]]) -> list[SelectOptionDict]:
     return options
 
 
-def _shares_module(devices: list[dict[str, Any]], device: dict[str, Any]) -> bool:
-    return sum(1 for d in devices if d.get("mac_address") == device.get("mac_address")) > 1
-
-
 def _unit_value(devices: list[dict[str, Any]], device: dict[str, Any]) -> str:
     """What the remove form returns for ``device``: its MAC, or its unit id when the Bluetooth
     module carries several units (a battery bank, a hub), whose MACs are all the same."""
-    if _shares_module(devices, device) and device.get("unit_id"):
+    if shares_module(devices, device) and device.get("unit_id"):
         return str(device["unit_id"])
     return str(device.get("mac_address"))
 
 
 def _removal(devices: list[dict[str, Any]], value: str) -> dict[str, Any]:
-    """The remove_device payload for a form value: a unit of a shared module also names its ID."""
+    """The remove_device payload for a remove form value (_unit_value)."""
     for device in devices:
-        if device.get("unit_id") == value and _shares_module(devices, device):
-            return {CONF_MAC_ADDRESS: device["mac_address"], CONF_MODBUS_ID: device.get("modbus_id")}
+        if _unit_value(devices, device) == value:
+            return unit_selector(devices, device)
     return {CONF_MAC_ADDRESS: value}

@@ -18,8 +18,7 @@ from homeassistant.core import CALLBACK_TYPE, CoreState, Event, HomeAssistant, c
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 
-from .const import CONF_MAC_ADDRESS, CONF_MODBUS_ID
-from .gateway import BluPowError, Gateway, GatewayCommandError, async_send_command, get_hub
+from .gateway import BluPowError, Gateway, GatewayCommandError, async_send_command, get_hub, unit_selector
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ async def async_remove_device(hass: HomeAssistant, device: dr.DeviceEntry) -> bo
         return True  # no gateway has it (any more): nothing to ask
     gateway, unit = found
     try:
-        await async_send_command(hass, gateway, "remove_device", _payload(gateway, unit))
+        await async_send_command(hass, gateway, "remove_device", unit_selector(gateway.devices, unit))
     except GatewayCommandError as err:
         raise HomeAssistantError(f"Gateway {gateway.gateway_id} refused: {err.error}") from err
     except BluPowError as err:
@@ -132,12 +131,3 @@ def _find_unit(hass: HomeAssistant, unit_id: str) -> tuple[Gateway, dict[str, An
             if unit.get("unit_id") == unit_id:
                 return gateway, unit
     return None
-
-
-def _payload(gateway: Gateway, unit: dict[str, Any]) -> dict[str, Any]:
-    """remove_device names the Modbus ID when the module carries several units."""
-    mac = unit[CONF_MAC_ADDRESS]
-    payload: dict[str, Any] = {CONF_MAC_ADDRESS: mac}
-    if sum(1 for other in gateway.devices if other.get(CONF_MAC_ADDRESS) == mac) > 1:
-        payload[CONF_MODBUS_ID] = unit.get(CONF_MODBUS_ID)
-    return payload

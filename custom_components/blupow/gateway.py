@@ -27,7 +27,8 @@ from homeassistant.components import mqtt
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 
-from .const import BASE_TOPIC, COMMAND_TIMEOUT, DOMAIN, GATEWAY_ONLINE, PROBE_TIMEOUT, SCAN_SECONDS
+from .const import BASE_TOPIC, COMMAND_TIMEOUT, GATEWAY_ONLINE, PROBE_TIMEOUT, SCAN_SECONDS
+from .runtime import get_runtime
 from .validation import decode_json
 
 _LOGGER = logging.getLogger(__name__)
@@ -286,6 +287,20 @@ class BluPowHub:
         raise GatewayCommandError(error if isinstance(error, str) and error else f"status {response.get('status')!r}")
 
 
+def shares_module(devices: list[dict[str, Any]], device: dict[str, Any]) -> bool:
+    """Whether ``device``'s Bluetooth module carries other units too (a battery chain, a hub)."""
+    return sum(1 for other in devices if other.get("mac_address") == device.get("mac_address")) > 1
+
+
+def unit_selector(devices: list[dict[str, Any]], device: dict[str, Any]) -> dict[str, Any]:
+    """How a command names a unit of a gateway's device list: its MAC, plus its Modbus ID when
+    its module carries several units (docs/mqtt-api.md, remove_device / update_device)."""
+    selector: dict[str, Any] = {"mac_address": device["mac_address"]}
+    if shares_module(devices, device):
+        selector["modbus_id"] = device.get("modbus_id")
+    return selector
+
+
 def _gateway_id(topic: str) -> str:
     """`<base>/<gw>/<leaf>` → `<gw>`."""
     return topic.split("/")[-2]
@@ -293,8 +308,8 @@ def _gateway_id(topic: str) -> str:
 
 def get_hub(hass: HomeAssistant) -> BluPowHub | None:
     """The hub of the loaded config entry (there is at most one), or None."""
-    hubs: dict[str, BluPowHub] = hass.data.get(DOMAIN, {})
-    return next(iter(hubs.values()), None)
+    runtime = get_runtime(hass)
+    return runtime.hub if runtime is not None else None
 
 
 async def async_send_command(
