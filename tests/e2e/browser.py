@@ -80,7 +80,7 @@ _HELPERS = r"""
   const find = (spec) => {
     const scopes = spec.scope ? all(spec.scope) : [document];
     let found = scopes.flatMap((scope) => all(spec.selector, scope)).filter(visible);
-    if (spec.label != null) found = found.filter((el) => el.label === spec.label);
+    if (spec.label != null) found = found.filter((el) => [].concat(spec.label).includes(el.label));
     if (spec.text != null) found = found.filter((el) => text(el).includes(spec.text));
     let el = found[0] || null;
     if (el && spec.pick) el = all(spec.pick, el).filter((inner) => inner !== el && visible(inner))[0] || null;
@@ -192,8 +192,9 @@ class DevTools:
         """Click an element like a person: mouse events at its centre, once nothing covers it.
 
         ``spec``: ``selector`` (CSS, matched in every shadow root), optionally ``scope`` (a selector
-        the element must be inside), ``label`` (its ``label`` property, exactly), ``text`` (a part
-        of its text) and ``pick`` (a selector for the part to click inside the element found).
+        the element must be inside), ``label`` (its ``label`` property, exactly; a list: any of
+        them), ``text`` (a part of its text) and ``pick`` (a selector for the part to click inside
+        the element found).
         Needs the helpers of :func:`log_in`. StackError when it is not clickable within ``timeout``.
         """
         query = f"window.__e2e.point({json.dumps(dict(spec))})"

@@ -20,9 +20,12 @@ import pytest
 from tests.plugins.mosquitto import MOSQUITTO
 
 from .procs import tail
-from .stack import HA_PYTHON, ROOT, Stack, StackOptions
+from .stack import HA_PYTHON, HA_VENV, ROOT, Stack, StackOptions
 
-ARTIFACTS = Path(os.environ.get("ARTIFACTS") or ROOT / "artifacts") / "e2e"
+# artifacts/e2e on Home Assistant 2024.3.3, artifacts/e2e-2025 on 2025.4.4 (BLUPOW_E2E_HA=ha-2025)
+ARTIFACTS = Path(os.environ.get("ARTIFACTS") or ROOT / "artifacts") / (
+    "e2e" if HA_VENV == "ha" else f"e2e-{HA_VENV.removeprefix('ha-')}"
+)
 LOG_TAIL_LINES = 120
 
 _state: dict[str, Any] = {"stack": None, "timings": {}}
@@ -48,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator
         if not Path(needed).exists():
             pytest.skip(f"{needed} is not installed (scripts/setup system)")
     if not HA_PYTHON.exists():
-        pytest.fail("the .venv/ha venv is missing: run scripts/setup ha")
+        pytest.fail(f"the .venv/{HA_VENV} venv is missing: run scripts/setup {HA_VENV}")
     options = StackOptions(
         state_dir=tmp_path_factory.mktemp("stack"), poll_interval=5, frozen=True, ha_hour_ends_in=HOUR_ENDS_IN
     )

@@ -207,7 +207,9 @@ class FlowDialog:
         if kind in ("abort", "create-entry"):
             self._click({"scope": f"step-flow-{kind}", "selector": _BUTTONS, "text": "Close"})
         else:
-            self._click({"scope": "dialog-data-entry-flow", "selector": "ha-icon-button", "label": "Dismiss dialog"})
+            # the X: "Dismiss dialog" up to Home Assistant 2024.x, "Close" from 2025
+            x = {"scope": "dialog-data-entry-flow", "selector": "ha-icon-button", "label": ["Dismiss dialog", "Close"]}
+            self._click(x)
         deadline = time.monotonic() + STEP_TIMEOUT
         while self.state()["open"]:
             if time.monotonic() > deadline:

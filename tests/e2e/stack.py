@@ -43,7 +43,10 @@ from .procs import SETPRIV, FatalStackError, Process, StackError, free_port, por
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_BIN = ROOT / ".venv" / "gateway" / "bin"
-HA_PYTHON = ROOT / ".venv" / "ha" / "bin" / "python"
+# The Home Assistant the stack runs: .venv/ha (2024.3.3, the oldest supported) unless
+# BLUPOW_E2E_HA names another venv under .venv (ha-2025: 2025.4.4, what users run today).
+HA_VENV = os.environ.get("BLUPOW_E2E_HA") or "ha"
+HA_PYTHON = ROOT / ".venv" / HA_VENV / "bin" / "python"
 CUSTOM_COMPONENT = ROOT / "custom_components" / "blupow"
 MOVED_CLOCK = Path(__file__).parent / "moved_clock" / "moved_clock.c"
 
@@ -51,6 +54,7 @@ BASE_TOPIC = "blupow"
 GATEWAY_ID = "gateway"
 HA_USER = "homeassistant"
 INTERNET_ONLY = ("met", "radio_browser")  # integrations onboarding adds that need the internet
+INTERNET_ONLY_WAIT = 15.0  # s for onboarding to have added them
 ALL_KINDS = ("controller", "dcc", "battery", "inverter")
 # What the demo calls each simulated family (the device name in Home Assistant).
 DEVICE_NAMES = {
@@ -575,11 +579,17 @@ class Stack:
         self.api.wait_running(HA_START_TIMEOUT)
         # A long-lived token: the session outlives the 30-minute access token.
         self.api.token = self.api.ws("auth/long_lived_access_token", client_name="blupow-e2e", lifespan=30)
-        # Onboarding added the weather (met) and radio_browser integrations, which only work with
-        # internet access; this stack is offline, so delete them as a user would.
-        for domain in INTERNET_ONLY:
-            for entry in self.api.config_entries(domain):
-                self.api.call("DELETE", f"/api/config/config_entries/entry/{entry['entry_id']}")
+        # Onboarding adds the weather (met) and radio_browser integrations, which only work with
+        # internet access; this stack is offline, so delete them as a user would. (2025 creates
+        # them in the background after onboarding has answered: wait for them a while.)
+        deleted: set[str] = set()
+        deadline = time.monotonic() + INTERNET_ONLY_WAIT
+        while deleted != set(INTERNET_ONLY) and time.monotonic() < deadline:
+            for domain in INTERNET_ONLY:
+                for entry in self.api.config_entries(domain):
+                    self.api.call("DELETE", f"/api/config/config_entries/entry/{entry['entry_id']}")
+                    deleted.add(domain)
+            time.sleep(0.5)
 
     def setup_mqtt(self) -> dict[str, Any]:
         """Settings -> Add integration -> MQTT, with the broker's address and Home Assistant's login."""

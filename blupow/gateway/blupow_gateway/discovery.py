@@ -15,6 +15,9 @@ How a value that was not read shows up in Home Assistant 2024.3 (checked in
   template renders ``unknown``, which is the unknown state itself;
 * binary sensors and switches: ``None`` becomes unknown.
 
+From 2025 a text sensor's rendered "None" is unknown too, so a list of names
+with nothing in it (no fault) reads NOTHING_SET, never "None".
+
 The functions here are pure: they return ``{topic: payload}`` and the gateway
 decides what to publish, diff and clear.
 """
@@ -141,11 +144,16 @@ def value_template(f: Field) -> str:
     return f"{{{{ value_json.{f.key} if {_present(f.key)} else {_missing(numeric_expected(f))} }}}}"
 
 
+# What an empty list of names (faults, warnings, alarms) reads: Home Assistant's own word for
+# "no problem". Not "None": Home Assistant 2025 shows that as unknown.
+NOTHING_SET = "OK"
+
+
 def list_text_template(f: Field) -> str:
-    """A list of names (faults) as one text in words: ``PV input over voltage, Fan alarm`` or ``None``."""
+    """A list of names (faults) as one text in words: ``PV input over voltage, Fan alarm`` or ``OK``."""
     key, words = f.key, _jinja_dict(f.value_labels())
     shown = f"{{% for v in value_json.{key} %}}{{% set ns.t = ns.t + [w.get(v, v)] %}}{{% endfor %}}"
-    text = f"{{{{ (ns.t | join(', '))[:{MAX_STATE_LENGTH}] if ns.t else 'None' }}}}"
+    text = f"{{{{ (ns.t | join(', '))[:{MAX_STATE_LENGTH}] if ns.t else '{NOTHING_SET}' }}}}"
     return (
         f"{{% if {_present(key)} %}}{{% set w = {words} %}}{{% set ns = namespace(t=[]) %}}{shown}{text}"
         "{% else %}unknown{% endif %}"
