@@ -32,13 +32,19 @@ async def _step(hass: HomeAssistant, result: FlowResult, user_input: dict[str, A
     return assert_translated(await hass.config_entries.options.async_configure(result["flow_id"], user_input))
 
 
-async def _added(hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient) -> FlowResult:
-    """The add form submitted and the gateway's answer in: the dialog now waits for first contact."""
+async def _submitted(hass: HomeAssistant, entry: MockConfigEntry) -> FlowResult:
+    """The add form submitted: the spinner shows, the gateway has not answered yet."""
     announce_gateway(hass)
     result = assert_translated(await hass.config_entries.options.async_init(entry.entry_id))
     result = await _step(hass, result, {"next_step_id": "add_device"})
     result = await _step(hass, result, ADD)
     assert result["type"] == FlowResultType.SHOW_PROGRESS
+    return result
+
+
+async def _added(hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient) -> FlowResult:
+    """The gateway's answer in: the dialog now waits for first contact."""
+    result = await _submitted(hass, entry)
     assert result["description_placeholders"]["timeout"] == "60"
     respond(hass, await next_command(mqtt_mock), data={**DEVICE_FROM_COMMAND, "status": "pending"})
     await asyncio.sleep(0)
@@ -69,10 +75,7 @@ async def test_first_contact_before_the_answer_counts(
     hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient
 ) -> None:
     """The gateway polls right after saving: the event may overtake the answer on the way."""
-    announce_gateway(hass)
-    result = assert_translated(await hass.config_entries.options.async_init(entry.entry_id))
-    result = await _step(hass, result, {"next_step_id": "add_device"})
-    result = await _step(hass, result, ADD)
+    result = await _submitted(hass, entry)
     request = await next_command(mqtt_mock)
     gateway_event(hass, "device_connected", data={"model": "RIV1220PU-126"})
     respond(hass, request, data={**DEVICE_FROM_COMMAND, "status": "pending"})
@@ -145,10 +148,7 @@ async def test_no_word_from_the_device_in_time_is_not_reachable(
     hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(config_flow, "FIRST_CONTACT_TIMEOUT", 0.05)
-    announce_gateway(hass)
-    result = assert_translated(await hass.config_entries.options.async_init(entry.entry_id))
-    result = await _step(hass, result, {"next_step_id": "add_device"})
-    result = await _step(hass, result, ADD)
+    result = await _submitted(hass, entry)
     respond(hass, await next_command(mqtt_mock), data={**DEVICE_FROM_COMMAND, "status": "pending"})
 
     result = await _finish(hass, result)  # no event at all: the wait ends after the (shortened) bound
