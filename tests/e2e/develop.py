@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from .procs import StackError, port_open
-from .stack import ROOT, Stack, StackOptions
+from .stack import HA_PYTHON, HA_VENV, ROOT, Stack, StackOptions
 
 STATE_DIR = ROOT / ".develop"
 FIRST_HOUR_ENDS_IN = 300  # s after the start: the demo's Energy dashboard has an hour of numbers
@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--username", default="blupow", help="Home Assistant login (default blupow)")
     parser.add_argument("--password", help="Home Assistant password (default: a new random one)")
     parser.add_argument("--frozen", action="store_true", help="simulated values stay constant")
+    parser.add_argument(
+        "--ha-2024",
+        action="store_true",
+        help="run Home Assistant 2024.3.3, the oldest supported (default: 2025.4.4; scripts/develop picks the venv)",
+    )
     parser.add_argument(
         "--real-clock",
         action="store_true",
@@ -68,12 +73,18 @@ def _clock_lines(stack: Stack) -> list[str]:
     ]
 
 
+def _ha_version() -> str:
+    """The version of the Home Assistant the demo runs, from its package's metadata."""
+    found = next(HA_PYTHON.parent.parent.glob("lib/python3*/site-packages/homeassistant-*.dist-info"), None)
+    return "Home Assistant " + found.name.removesuffix(".dist-info").split("-")[1] if found else "Home Assistant"
+
+
 def _banner(stack: Stack, password_file: Path) -> str:
     assert stack.sim is not None and stack.broker is not None
     lines = [
         "",
         "=" * 72,
-        f"  Home Assistant:  {stack.ha_url}",
+        f"  Home Assistant:  {stack.ha_url}   ({HA_VENV}: {_ha_version()})",
         f"  Login:           {stack.options.username} / {stack.options.password}   (also in {_shown(password_file)})",
         f"  MQTT broker:     127.0.0.1:{stack.broker.port} (user homeassistant / {stack.ha_mqtt_password})",
         "  Devices (simulated, added through Settings -> BluPow -> Configure):",
