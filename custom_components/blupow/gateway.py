@@ -163,9 +163,14 @@ class BluPowHub:
             if not future.done():
                 future.set_exception(GatewayUnavailableError(gateway_id))
         self._pending.clear()
-        for watches in self._watches.values():
-            for watch in watches:
-                watch.put(None)
+        self._end_watches()
+
+    def _end_watches(self, gateway_id: str | None = None) -> None:
+        """End the event watches of one gateway (None: of all)."""
+        for (watched, _), watches in self._watches.items():
+            if gateway_id is None or watched == gateway_id:
+                for watch in watches:
+                    watch.put(None)
 
     @contextlib.contextmanager
     def watch_events(self, gateway_id: str, mac: str) -> Iterator[UnitEvents]:
@@ -218,6 +223,8 @@ class BluPowHub:
             # Logged once per change, not per message.
             _LOGGER.info("BluPow gateway %s is now %s", gateway_id, state)
         gateway.state = state
+        if not gateway.online:  # no first contact will be reported: a dialog waiting for one stops
+            self._end_watches(gateway_id)
 
     @callback
     def _on_devices(self, msg: mqtt.ReceiveMessage) -> None:

@@ -16,6 +16,7 @@ from conftest import (
     gateway_event,
     next_command,
     respond,
+    set_gateway_state,
 )
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResult, FlowResultType
@@ -45,7 +46,7 @@ async def _submitted(hass: HomeAssistant, entry: MockConfigEntry) -> FlowResult:
 async def _added(hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient) -> FlowResult:
     """The gateway's answer in: the dialog now waits for first contact."""
     result = await _submitted(hass, entry)
-    assert result["description_placeholders"]["timeout"] == "60"
+    assert result["description_placeholders"]["timeout"] == f"{config_flow.FIRST_CONTACT_TIMEOUT:g}"
     respond(hass, await next_command(mqtt_mock), data={**DEVICE_FROM_COMMAND, "status": "pending"})
     await asyncio.sleep(0)
     return result
@@ -164,5 +165,19 @@ async def test_unloading_ends_the_wait_for_first_contact(
 
     assert await hass.config_entries.async_unload(entry.entry_id)
     result = await _finish(hass, result)  # no 60 s wait: unloading ends it at once
+
+    assert result["type"] == FlowResultType.ABORT and result["reason"] == "gateway_offline"
+
+
+async def test_the_gateway_going_offline_ends_the_wait(
+    hass: HomeAssistant, entry: MockConfigEntry, mqtt_mock: MqttMockHAClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last will: no first contact will come, so the dialog says the gateway is gone at once."""
+    monkeypatch.setattr(config_flow, "FIRST_CONTACT_TIMEOUT", 3600)
+    result = await _added(hass, entry, mqtt_mock)
+
+    set_gateway_state(hass, "gateway", "offline")
+    async with asyncio.timeout(5):  # not the hour of the bound
+        result = await _finish(hass, result)
 
     assert result["type"] == FlowResultType.ABORT and result["reason"] == "gateway_offline"
