@@ -572,7 +572,7 @@ class BluPowOptionsFlow(OptionsFlow):
             if await self._async_send(request, BATCH_COMMANDS[request.command], payload) is not None:
                 request.done.append(label)
             elif request.error_key == "gateway_error":  # this one refused: the others may still go
-                request.failed.append(f"{label}: {request.placeholders['error']}")
+                request.failed.append(f"{label}: {_reason(request)}")
                 request.error_key = None
             else:  # no answer, gateway offline, MQTT gone: the rest would fail the same way
                 request.failed.append(f"{label}: {_reason(request)}")
@@ -631,7 +631,7 @@ class BluPowOptionsFlow(OptionsFlow):
         if request.command == "undo_add":  # the unit stays added: say so with the gateway's reason
             return self.async_abort(
                 reason="undo_failed",
-                description_placeholders=self._placeholders({**self._unanswered, "error": _undo_error(request)}),
+                description_placeholders=self._placeholders({**self._unanswered, "error": _reason(request)}),
             )
         if gateway is None:
             return self._abort_offline()
@@ -871,20 +871,14 @@ def _found_words(type_name: str, identity: Any) -> str:
     gateway's device_connected event); its type in words when its family does not tell."""
     said = identity if isinstance(identity, dict) else {}
     words = [str(said.get("model") or TYPE_WORDS.get(type_name, type_name))]
-    words += [
-        f"{label} {said[key]}" for key, label in (("serial", "serial"), ("firmware", "firmware")) if said.get(key)
-    ]
+    words += [f"{key} {said[key]}" for key in ("serial", "firmware") if said.get(key)]
     return ", ".join(words)
 
 
-def _undo_error(request: _Request) -> str:
+def _reason(request: _Request) -> str:
+    """Why a command failed, in a few words for a report: the gateway's own words when it refused."""
     if request.error_key == "gateway_error":
         return request.placeholders["error"]
-    return _reason(request)
-
-
-def _reason(request: _Request) -> str:
-    """Why a command got no answer, in a few words for a batch report."""
     if request.error_key == "no_response":
         return f"no answer within {request.placeholders['timeout']} seconds"
     if request.error_key == "send_failed":
